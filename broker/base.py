@@ -1,0 +1,69 @@
+"""The transport interface every broker backend implements: declare, publish, get, ack/reject, close."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Delivery:
+    """One message taken from a queue, to be acked or rejected exactly once."""
+
+    queue: str
+    body: bytes
+    tag: object = None
+    reason: str = ""  # why it was dead-lettered, when read from a dead-letter queue
+    headers: dict = field(default_factory=dict)
+
+
+class Broker(ABC):
+    """A message transport: named queues, at-least-once delivery, dead-lettering of rejected messages."""
+
+    url: str
+
+    @abstractmethod
+    def declare(self, queue: str, *, dead_letter: str | None = None) -> None:
+        """Create `queue` if missing; rejected messages go to `dead_letter` (itself declared) when given."""
+
+    @abstractmethod
+    def publish(self, queue: str, body: bytes) -> None:
+        """Append `body` to `queue`."""
+
+    @abstractmethod
+    def get(self, queue: str, timeout: float | None = None) -> Delivery | None:
+        """Take the next message of `queue`, waiting up to `timeout` seconds (None: forever); None if none came."""
+
+    @abstractmethod
+    def ack(self, delivery: Delivery) -> None:
+        """Confirm that `delivery` was handled: it is gone for good."""
+
+    @abstractmethod
+    def reject(self, delivery: Delivery, reason: str) -> None:
+        """Refuse `delivery`: it moves to its queue's dead-letter queue (or is dropped if it has none)."""
+
+    @abstractmethod
+    def depth(self, queue: str) -> int:
+        """Number of messages waiting in `queue`."""
+
+    @abstractmethod
+    def purge(self, queue: str) -> int:
+        """Drop every waiting message of `queue`; returns how many."""
+
+    @abstractmethod
+    def delete(self, queue: str) -> None:
+        """Remove `queue` and its messages (missing is fine)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release connections; the broker is unusable afterwards."""
+
+    def publish_many(self, queues, body: bytes) -> None:
+        """Publish the same `body` to every queue of `queues` (backends may batch)."""
+        for queue in queues:
+            self.publish(queue, body)
+
+    def __enter__(self) -> "Broker":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

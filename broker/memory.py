@@ -1,0 +1,80 @@
+"""`memory://`: an in-process broker for the embedded mode; one instance is shared by all threads of a run."""
+from __future__ import annotations
+
+import queue as _queue
+import threading
+
+from broker.base import Broker, Delivery
+from broker.errors import BrokerClosed, QueueNotDeclared
+
+
+class MemoryBroker(Broker):
+    """Thread-safe in-process queues; a message lives in exactly one queue at a time."""
+
+    def __init__(self, url: str = "memory://") -> None:
+        self.url = url
+        self._queues: dict[str, _queue.SimpleQueue] = {}
+        self._dead_letter: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def _queue(self, name: str) -> _queue.SimpleQueue:
+        if self._closed:
+            raise BrokerClosed(self.url)
+        try:
+            return self._queues[name]
+        except KeyError:
+            raise QueueNotDeclared(name) from None
+
+    def declare(self, queue: str, *, dead_letter: str | None = None) -> None:
+        """Create `queue` (and `dead_letter`) if missing."""
+        with self._lock:
+            for name in filter(None, (queue, dead_letter)):
+                self._queues.setdefault(name, _queue.SimpleQueue())
+            if dead_letter:
+                self._dead_letter[queue] = dead_letter
+
+    def publish(self, queue: str, body: bytes) -> None:
+        """Append `body` to `queue`."""
+        self._queue(queue).put(Delivery(queue, bytes(body)))
+
+    def get(self, queue: str, timeout: float | None = None) -> Delivery | None:
+        """Take the next message of `queue`, waiting up to `timeout` seconds."""
+        q = self._queue(queue)
+        try:
+            return q.get(timeout=timeout) if timeout != 0 else q.get_nowait()
+        except _queue.Empty:
+            return None
+
+    def ack(self, delivery: Delivery) -> None:
+        """Nothing to confirm in memory: a taken message is already gone."""
+
+    def reject(self, delivery: Delivery, reason: str) -> None:
+        """Move `delivery` to its queue's dead-letter queue with `reason`."""
+        target = self._dead_letter.get(delivery.queue)
+        if target is not None:
+            self._queue(target).put(Delivery(target, delivery.body, reason=reason, headers={"x-first-death-queue": delivery.queue}))
+
+    def depth(self, queue: str) -> int:
+        """Number of waiting messages."""
+        return self._queue(queue).qsize()
+
+    def purge(self, queue: str) -> int:
+        """Drop every waiting message."""
+        q, count = self._queue(queue), 0
+        while True:
+            try:
+                q.get_nowait()
+            except _queue.Empty:
+                return count
+            count += 1
+
+    def delete(self, queue: str) -> None:
+        """Forget `queue`."""
+        with self._lock:
+            self._queues.pop(queue, None)
+            self._dead_letter.pop(queue, None)
+
+    def close(self) -> None:
+        """Mark closed; later calls raise BrokerClosed."""
+        self._closed = True
