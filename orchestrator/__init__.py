@@ -1,0 +1,1 @@
+"""Orchestrator: config, plan, deploy targets, training driver and CLI."""
