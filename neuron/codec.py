@@ -1,0 +1,177 @@
+"""The wire format: a fixed little-endian header plus raw array bytes (or a small JSON object), never pickle."""
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+
+from neuron.errors import (
+    ForeignMessage,
+    MalformedMessage,
+    NonFiniteValues,
+    OversizedMessage,
+    UnexpectedMessage,
+)
+
+MAGIC = b"CF"
+VERSION = 1
+
+# kinds
+ACT = 1  # activations (or the driver's inputs, from layer 0) flowing forward
+GRAD = 2  # gradient wrt the receiver's outputs flowing backward
+LABELS = 3  # a step's labels, driver -> loss head
+PRED = 4  # eval predictions, loss head -> driver
+CONTROL = 5  # JSON command, driver -> actor
+REPORT = 6  # JSON event, actor -> driver
+KINDS = {ACT: "act", GRAD: "grad", LABELS: "labels", PRED: "pred", CONTROL: "control", REPORT: "report"}
+JSON_KINDS = frozenset({CONTROL, REPORT})
+
+# flags
+EVAL = 1  # forward only, results go to the driver as predictions
+CHECKPOINT = 2  # checkpoint after this step's update
+
+DTYPES = {1: np.dtype("<f4"), 2: np.dtype("<f8"), 3: np.dtype("<i4"), 4: np.dtype("<i8"), 5: np.dtype("u1")}
+DTYPE_CODES = {dt: code for code, dt in DTYPES.items()}
+JSON_DTYPE = 0
+
+# magic, version, kind, flags, dtype, ndim, run tag, generation, step, micro, nmicro, source layer, source index
+HEADER = struct.Struct("<2sBBBBBQIQIIHI")
+DIM = struct.Struct("<I")
+MAX_NDIM = 2
+MAX_JSON = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Message:
+    """A decoded message: routing header plus either an array or a JSON object."""
+
+    kind: int
+    run_tag: int
+    generation: int
+    step: int
+    micro: int = 0
+    nmicro: int = 0
+    src_layer: int = 0
+    src_index: int = 0
+    flags: int = 0
+    array: np.ndarray | None = None
+    data: dict | None = None
+
+    @property
+    def source(self) -> tuple[int, int]:
+        """(layer, index) of the sender; the driver is layer 0, the loss head is layer depth + 1."""
+        return self.src_layer, self.src_index
+
+
+@dataclass(frozen=True)
+class Schema:
+    """What one receiver accepts: run, dtype, sizes, and per (kind, source layer, source index) the width.
+
+    `columns` maps (kind, layer, index) to the expected width of a 2-D array, 0 for a 1-D array, or None
+    for a JSON kind.
+    """
+
+    run_tag: int
+    dtype: np.dtype
+    max_rows: int  # rows of one micro-batch
+    max_batch: int  # rows of one step (labels come once per step)
+    max_bytes: int
+    columns: Mapping[tuple[int, int, int], int | None]
+
+
+def encode(
+    kind: int,
+    run_tag: int,
+    generation: int,
+    step: int,
+    *,
+    micro: int = 0,
+    nmicro: int = 0,
+    source: tuple[int, int] = (0, 0),
+    flags: int = 0,
+    array: np.ndarray | None = None,
+    data: Mapping | None = None,
+) -> bytes:
+    """Encode one message; exactly one of `array` (kinds ACT..PRED) and `data` (CONTROL, REPORT) is given."""
+    if kind in JSON_KINDS:
+        payload = json.dumps(data, separators=(",", ":"), allow_nan=False).encode()
+        head = HEADER.pack(MAGIC, VERSION, kind, flags, JSON_DTYPE, 0, run_tag, generation, step, micro, nmicro, *source)
+        return head + payload
+    arr = np.asarray(array)
+    dt = arr.dtype.newbyteorder("<") if arr.dtype.byteorder == ">" else arr.dtype
+    code = DTYPE_CODES.get(np.dtype(dt))
+    if code is None or arr.ndim > MAX_NDIM or arr.ndim == 0:
+        raise ValueError(f"cannot encode array of dtype {arr.dtype} and shape {arr.shape}")
+    head = HEADER.pack(MAGIC, VERSION, kind, flags, code, arr.ndim, run_tag, generation, step, micro, nmicro, *source)
+    dims = b"".join(DIM.pack(d) for d in arr.shape)
+    return b"".join((head, dims, np.ascontiguousarray(arr, dtype=DTYPES[code]).data.cast("B")))
+
+
+def decode(body: bytes, schema: Schema) -> Message:
+    """Decode and validate `body` against `schema`; raises a CodecError subclass, never anything else."""
+    if len(body) > schema.max_bytes:
+        raise OversizedMessage(f"message of {len(body)} bytes exceeds the limit of {schema.max_bytes}")
+    if len(body) < HEADER.size:
+        raise MalformedMessage(f"message of {len(body)} bytes is shorter than the {HEADER.size}-byte header")
+    magic, version, kind, flags, code, ndim, tag, gen, step, micro, nmicro, src_layer, src_index = HEADER.unpack_from(body)
+    if magic != MAGIC or version != VERSION:
+        raise MalformedMessage(f"bad magic/version {magic!r}/{version}")
+    if kind not in KINDS:
+        raise MalformedMessage(f"unknown kind {kind}")
+    if tag != schema.run_tag:
+        raise ForeignMessage(f"message of another run (tag {tag:#x})")
+    key = (kind, src_layer, src_index)
+    if key not in schema.columns:
+        raise UnexpectedMessage(f"no {KINDS[kind]} message expected from source {src_layer}.{src_index}")
+    expected_cols = schema.columns[key]
+    common = dict(kind=kind, run_tag=tag, generation=gen, step=step, micro=micro, nmicro=nmicro,
+                  src_layer=src_layer, src_index=src_index, flags=flags)
+    if kind in JSON_KINDS:
+        return Message(**common, data=_decode_json(body[HEADER.size:], code, ndim))
+    return Message(**common, array=_decode_array(body, code, ndim, expected_cols, kind, schema))
+
+
+def _decode_json(payload: bytes, code: int, ndim: int) -> dict:
+    if code != JSON_DTYPE or ndim != 0:
+        raise MalformedMessage("JSON message with an array header")
+    if len(payload) > MAX_JSON:
+        raise OversizedMessage(f"JSON payload of {len(payload)} bytes exceeds {MAX_JSON}")
+    try:
+        data = json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise MalformedMessage(f"bad JSON payload: {exc}") from exc
+    if not isinstance(data, dict):
+        raise MalformedMessage("JSON payload is not an object")
+    return data
+
+
+def _decode_array(body: bytes, code: int, ndim: int, expected_cols, kind: int, schema: Schema) -> np.ndarray:
+    dtype = DTYPES.get(code)
+    if dtype is None:
+        raise MalformedMessage(f"unknown dtype code {code}")
+    if not 1 <= ndim <= MAX_NDIM:
+        raise MalformedMessage(f"array of {ndim} dimensions")
+    offset = HEADER.size + ndim * DIM.size
+    if len(body) < offset:
+        raise MalformedMessage("truncated shape")
+    shape = tuple(DIM.unpack_from(body, HEADER.size + i * DIM.size)[0] for i in range(ndim))
+    if len(body) - offset != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
+        raise MalformedMessage(f"payload of {len(body) - offset} bytes does not match shape {shape} of {dtype}")
+    want_dtype = schema.dtype if kind in (ACT, GRAD) else None
+    if want_dtype is not None and dtype != want_dtype:
+        raise UnexpectedMessage(f"{KINDS[kind]} of dtype {dtype}, expected {want_dtype}")
+    if kind in (LABELS, PRED) and dtype.kind not in "iu":
+        raise UnexpectedMessage(f"{KINDS[kind]} of dtype {dtype}, expected integers")
+    want_ndim = 1 if expected_cols == 0 else 2
+    rows = shape[0]
+    limit = schema.max_batch if kind == LABELS else schema.max_rows
+    if ndim != want_ndim or not 1 <= rows <= limit or (want_ndim == 2 and shape[1] != expected_cols):
+        raise UnexpectedMessage(f"{KINDS[kind]} of shape {shape} does not fit the plan")
+    array = np.frombuffer(body, dtype=dtype, offset=offset).reshape(shape)
+    if dtype.kind == "f" and not np.isfinite(array).all():
+        raise NonFiniteValues(f"{KINDS[kind]} holds NaN or infinite values")
+    return array
+

@@ -1,0 +1,120 @@
+"""The wire codec: round trips, validation against the plan, and fuzzing that decode never crashes."""
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from neuron import codec
+from neuron.errors import (
+    CodecError,
+    ForeignMessage,
+    MalformedMessage,
+    NonFiniteValues,
+    OversizedMessage,
+    UnexpectedMessage,
+)
+from neuron.topology import Topology
+
+TOPO = Topology("codec-test", sizes=(6, 5, 3), shards=(2, 1), batch_size=8, micro_batches=2)
+# neuron (2, 0) gets activations from (1, 0) [3 columns] and (1, 1) [2 columns]
+SCHEMA = TOPO.schema_for(2, 0)
+
+
+def _act(array, source=(1, 0), **kw):
+    return codec.encode(codec.ACT, TOPO.run_tag, 1, 7, micro=1, nmicro=2, source=source, array=array, **kw)
+
+
+def test_round_trip_array():
+    x = np.arange(12, dtype="<f4").reshape(4, 3)
+    msg = codec.decode(_act(x, flags=codec.CHECKPOINT), SCHEMA)
+    assert (msg.kind, msg.generation, msg.step, msg.micro, msg.nmicro, msg.source) == (codec.ACT, 1, 7, 1, 2, (1, 0))
+    assert msg.flags == codec.CHECKPOINT
+    assert msg.array.dtype == np.float32 and np.array_equal(msg.array, x)
+
+
+def test_round_trip_json():
+    body = codec.encode(codec.CONTROL, TOPO.run_tag, 3, 0, data={"op": "start", "generation": 3, "version": 10})
+    msg = codec.decode(body, SCHEMA)
+    assert msg.data == {"op": "start", "generation": 3, "version": 10}
+
+
+def test_noncontiguous_slices_encode_in_order():
+    x = np.arange(20, dtype="<f4").reshape(4, 5)
+    msg = codec.decode(_act(x[:, 1:4]), SCHEMA)
+    assert np.array_equal(msg.array, x[:, 1:4])
+
+
+@pytest.mark.parametrize(
+    "body, error",
+    [
+        (b"", MalformedMessage),
+        (b"XX" + bytes(60), MalformedMessage),
+        (pickle.dumps(np.zeros((4, 3), dtype=np.float32)), MalformedMessage),
+        (_act(np.zeros((4, 3), dtype="<f8")), UnexpectedMessage),  # wrong dtype
+        (_act(np.zeros((4, 4), dtype="<f4")), UnexpectedMessage),  # wrong width for source (1, 0)
+        (_act(np.zeros((4, 2), dtype="<f4"), source=(1, 1)), None),  # right width for source (1, 1)
+        (_act(np.zeros((5, 3), dtype="<f4")), UnexpectedMessage),  # more rows than a micro-batch
+        (_act(np.zeros(3, dtype="<f4")), UnexpectedMessage),  # 1-D
+        (_act(np.zeros((4, 3), dtype="<f4"), source=(0, 0)), UnexpectedMessage),  # not a neighbour
+        (_act(np.full((4, 3), np.nan, dtype="<f4")), NonFiniteValues),
+        (_act(np.full((4, 3), np.inf, dtype="<f4")), NonFiniteValues),
+        (_act(np.zeros((4, 3), dtype="<f4"))[:-1], MalformedMessage),  # truncated payload
+        (_act(np.zeros((4, 3), dtype="<f4")) + b"\0", MalformedMessage),  # trailing bytes
+        (bytes(10 ** 7), OversizedMessage),
+    ],
+)
+def test_decode_rejects_what_does_not_fit(body, error):
+    if error is None:
+        codec.decode(body, SCHEMA)
+        return
+    with pytest.raises(error):
+        codec.decode(body, SCHEMA)
+
+
+def test_other_run_is_foreign():
+    other = Topology("another-run", sizes=(6, 5, 3), shards=(2, 1), batch_size=8, micro_batches=2)
+    body = codec.encode(codec.ACT, other.run_tag, 1, 0, source=(1, 0), array=np.zeros((2, 3), dtype="<f4"))
+    with pytest.raises(ForeignMessage):
+        codec.decode(body, SCHEMA)
+
+
+def test_bad_json_payloads():
+    head = codec.HEADER.pack(codec.MAGIC, codec.VERSION, codec.CONTROL, 0, 0, 0, TOPO.run_tag, 1, 0, 0, 0, 0, 0)
+    for payload in (b"{", b"[1, 2]", b"\xff\xfe", b'"x"'):
+        with pytest.raises(MalformedMessage):
+            codec.decode(head + payload, SCHEMA)
+
+
+VALID = [
+    _act(np.ones((4, 3), dtype="<f4")),
+    codec.encode(codec.CONTROL, TOPO.run_tag, 1, 0, data={"op": "stop"}),
+]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=300))
+def test_random_bytes_never_crash_decode(body):
+    try:
+        codec.decode(body, SCHEMA)
+    except CodecError:
+        pass
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.sampled_from(VALID), st.lists(st.tuples(st.integers(0, 10 ** 6), st.integers(0, 255)), min_size=1, max_size=8),
+       st.integers(0, 64))
+def test_mutated_messages_never_crash_decode(valid, flips, cut):
+    body = bytearray(valid)
+    for pos, value in flips:
+        body[pos % len(body)] = value
+    body = bytes(body[: len(body) - cut]) if cut < len(body) else bytes(body)
+    try:
+        msg = codec.decode(body, SCHEMA)
+    except CodecError:
+        return
+    if msg.array is not None:
+        assert np.isfinite(msg.array).all()
