@@ -157,8 +157,9 @@ def _decode_array(body: bytes, code: int, ndim: int, expected_cols, kind: int, s
     offset = HEADER.size + ndim * DIM.size
     if len(body) < offset:
         raise MalformedMessage("truncated shape")
-    shape = tuple(DIM.unpack_from(body, HEADER.size + i * DIM.size)[0] for i in range(ndim))
-    if len(body) - offset != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
+    shape = struct.unpack_from(f"<{ndim}I", body, HEADER.size)
+    count = shape[0] if ndim == 1 else shape[0] * shape[1]
+    if len(body) - offset != count * dtype.itemsize:
         raise MalformedMessage(f"payload of {len(body) - offset} bytes does not match shape {shape} of {dtype}")
     want_dtype = schema.dtype if kind in (ACT, GRAD) else None
     if want_dtype is not None and dtype != want_dtype:

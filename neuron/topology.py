@@ -1,0 +1,155 @@
+"""What every actor of a run must agree on: layer sizes, row splits, hyperparameters and queue names."""
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from dataclasses import asdict, dataclass
+from functools import cached_property
+
+import numpy as np
+
+from neuron import codec
+
+RUN_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+# a neuron may receive one micro-batch of the widest layer plus headroom for the header
+MAX_MESSAGE_FLOOR = 1 << 20
+
+
+def split_rows(units: int, parts: int) -> tuple[tuple[int, int], ...]:
+    """Row ranges of `units` rows split into `parts` contiguous near-equal pieces (larger pieces first)."""
+    base, extra = divmod(units, parts)
+    bounds, start = [], 0
+    for p in range(parts):
+        stop = start + base + (1 if p < extra else 0)
+        bounds.append((start, stop))
+        start = stop
+    return tuple(bounds)
+
+
+def micro_sizes(rows: int, micro_batches: int) -> tuple[int, ...]:
+    """Sizes of the micro-batches of a step of `rows` samples (as np.array_split; never an empty one)."""
+    parts = min(micro_batches, rows)
+    base, extra = divmod(rows, parts)
+    return tuple(base + (1 if p < extra else 0) for p in range(parts))
+
+
+@dataclass(frozen=True)
+class Topology:
+    """The run's network as the actors see it; layer 0 is the input (the driver), layer depth+1 the loss head."""
+
+    run_id: str
+    sizes: tuple[int, ...]
+    shards: tuple[int, ...]
+    activation: str = "relu"
+    dtype: str = "float32"
+    optimizer: str = "sgd"
+    learning_rate: float = 0.1
+    momentum: float = 0.9
+    batch_size: int = 100
+    micro_batches: int = 1
+
+    def __post_init__(self) -> None:
+        if not RUN_ID.match(self.run_id):
+            raise ValueError(f"run id {self.run_id!r} must match {RUN_ID.pattern}")
+        if len(self.shards) != len(self.sizes) - 1:
+            raise ValueError("one shard count per layer after the input is needed")
+        for layer, (units, parts) in enumerate(zip(self.sizes[1:], self.shards), start=1):
+            if not 1 <= parts <= units:
+                raise ValueError(f"layer {layer}: {parts} shards for {units} units")
+
+    @property
+    def depth(self) -> int:
+        """Number of layers with weights (hidden layers plus the output layer)."""
+        return len(self.sizes) - 1
+
+    @property
+    def head_layer(self) -> int:
+        """The layer number the loss head uses as its source id."""
+        return self.depth + 1
+
+    @cached_property
+    def run_tag(self) -> int:
+        """64-bit tag of the run id carried by every message, so another run's messages are recognised."""
+        return int.from_bytes(hashlib.blake2b(self.run_id.encode(), digest_size=8).digest(), "little")
+
+    @property
+    def np_dtype(self) -> np.dtype:
+        """The little-endian NumPy dtype of parameters and activations."""
+        return np.dtype(self.dtype).newbyteorder("<")
+
+    @property
+    def max_rows(self) -> int:
+        """The largest micro-batch."""
+        return math.ceil(self.batch_size / self.micro_batches)
+
+    def splits(self, layer: int) -> tuple[tuple[int, int], ...]:
+        """Row ranges owned by the neurons of `layer` (1..depth); layer 0 is the driver's single slice."""
+        if layer == 0:
+            return ((0, self.sizes[0]),)
+        return split_rows(self.sizes[layer], self.shards[layer - 1])
+
+    def activation_of(self, layer: int) -> str:
+        """Hidden layers use the configured activation; the output layer is linear into the softmax."""
+        return "linear" if layer == self.depth else self.activation
+
+    def neurons(self) -> list[tuple[int, int]]:
+        """(layer, index) of every neuron, layer by layer."""
+        return [(layer, i) for layer in range(1, self.depth + 1) for i in range(self.shards[layer - 1])]
+
+    def queue(self, layer: int, index: int = 0) -> str:
+        """The inbound queue of neuron (layer, index); the head's for layer depth+1, the driver's for 0."""
+        if layer == 0:
+            return f"cf.{self.run_id}.driver"
+        if layer == self.head_layer:
+            return f"cf.{self.run_id}.head"
+        return f"cf.{self.run_id}.L{layer}.{index}"
+
+    @property
+    def dead_letter_queue(self) -> str:
+        """Where rejected messages of the run go."""
+        return f"cf.{self.run_id}.dead"
+
+    def all_queues(self) -> list[str]:
+        """Every inbound queue of the run: neurons, head, driver."""
+        return [self.queue(*n) for n in self.neurons()] + [self.queue(self.head_layer), self.queue(0)]
+
+    def max_message_bytes(self) -> int:
+        """Size limit of one message: the widest micro-batch payload plus header room."""
+        widest = max(self.sizes)
+        payload = max(self.max_rows * widest, self.batch_size) * self.np_dtype.itemsize
+        return max(MAX_MESSAGE_FLOOR, 2 * payload)
+
+    def schema_for(self, layer: int, index: int) -> codec.Schema:
+        """What the actor at (layer, index) accepts; (depth+1, 0) is the loss head, (0, 0) the driver."""
+        cols: dict[tuple[int, int, int], int | None] = {}
+        if layer == 0:
+            for src in [(n[0], n[1]) for n in self.neurons()] + [(self.head_layer, 0)]:
+                cols[(codec.REPORT, *src)] = None
+            cols[(codec.PRED, self.head_layer, 0)] = 0
+        else:
+            cols[(codec.CONTROL, 0, 0)] = None
+            for s, (a, b) in enumerate(self.splits(layer - 1)):
+                cols[(codec.ACT, layer - 1, s)] = b - a
+        if layer == self.head_layer:
+            cols[(codec.LABELS, 0, 0)] = 0
+        elif 1 <= layer <= self.depth:
+            a, b = self.splits(layer)[index]
+            if layer == self.depth:
+                cols[(codec.GRAD, self.head_layer, 0)] = b - a
+            else:
+                for s in range(self.shards[layer]):
+                    cols[(codec.GRAD, layer + 1, s)] = b - a
+        return codec.Schema(self.run_tag, self.np_dtype, self.max_rows, self.batch_size, self.max_message_bytes(), cols)
+
+    def to_dict(self) -> dict:
+        """A JSON-ready description (stored in the run manifest)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Topology":
+        """Inverse of to_dict."""
+        fields = dict(data)
+        fields["sizes"] = tuple(fields["sizes"])
+        fields["shards"] = tuple(fields["shards"])
+        return cls(**fields)

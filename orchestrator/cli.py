@@ -1,0 +1,143 @@
+"""The command line: `python -m orchestrator plan|train|evaluate|predict`."""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import sys
+
+from broker.errors import BrokerError
+from neuron.errors import NeuronError
+from orchestrator.config import Config, load_config
+from orchestrator.data import load_images, load_mnist, to_inputs
+from orchestrator.driver import DriverOptions
+from orchestrator.errors import ConfigError, DataError, ModelFileError, OrchestratorError
+from orchestrator.model import load_model, model_sizes, save_model
+from orchestrator.plan import build_plan, format_plan
+from orchestrator.progress import Progress
+from orchestrator.reference import accuracy, predict
+from orchestrator.runner import make_schedule, new_run_id, train_run
+from paramstore.errors import StoreError
+
+EXIT_USAGE = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m orchestrator", description="Cuttlefish: train a YAML network as message-passing neurons.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    plan = sub.add_parser("plan", help="show the neurons a config is split into")
+    plan.add_argument("config")
+
+    train = sub.add_parser("train", help="train a network")
+    train.add_argument("config")
+    train.add_argument("--data", help="folder with the MNIST IDX files")
+    train.add_argument("--epochs", type=int)
+    train.add_argument("--max-steps", type=int, help="stop after this many steps in all")
+    train.add_argument("--broker", help="broker URL (default: the config's, else memory://)")
+    train.add_argument("--store", help="parameter store URL (default: the config's, else memory://)")
+    train.add_argument("--run-id", help="name of the run in the store (default: a new one)")
+    train.add_argument("--resume", action="store_true", help="continue --run-id from its last committed checkpoint")
+    train.add_argument("--init", metavar="MODEL.npz", help="start from these weights instead of the seeded init")
+    train.add_argument("--save-model", metavar="MODEL.npz", help="write the trained weights here")
+    train.add_argument("--metrics", metavar="FILE.jsonl", help="append per-step and per-epoch metrics here")
+    train.add_argument("--quiet", action="store_true", help="no progress output")
+
+    ev = sub.add_parser("evaluate", help="test accuracy of a saved model")
+    ev.add_argument("config")
+    ev.add_argument("--model", required=True)
+    ev.add_argument("--data")
+
+    pr = sub.add_parser("predict", help="print the digit of each image")
+    pr.add_argument("--model", required=True)
+    pr.add_argument("--activation", default="relu", choices=("relu", "tanh", "sigmoid"))
+    pr.add_argument("inputs", nargs="+", help=".npy arrays of images or PNG files")
+    return p
+
+
+def _config(args: argparse.Namespace) -> Config:
+    config = load_config(args.config)
+    if getattr(args, "epochs", None) is not None:
+        config = config.with_training(epochs=args.epochs)
+    if getattr(args, "broker", None):
+        config = config.replace(broker=args.broker)
+    if getattr(args, "store", None):
+        config = config.replace(paramstore=args.store)
+    return config
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    print(format_plan(build_plan(_config(args), "plan")))
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    config = _config(args)
+    if args.resume and not args.run_id:
+        raise ConfigError("--resume", "needs --run-id of the run to continue")
+    if args.max_steps is not None and args.max_steps < 1:
+        raise ConfigError("--max-steps", "must be at least 1")
+    train = load_mnist("train", args.data)
+    test = load_mnist("test", args.data)
+    initial = None
+    if args.init:
+        initial = load_model(args.init, config.network.sizes, config.training.dtype)
+    run_id = args.run_id or new_run_id()
+    schedule = make_schedule(config, len(train), args.max_steps)
+    with contextlib.ExitStack() as stack:
+        metrics = stack.enter_context(open(args.metrics, "a", encoding="utf-8")) if args.metrics else None
+        progress = Progress(schedule.total_steps, 0, schedule.steps_per_epoch, quiet=args.quiet, metrics=metrics)
+        options = DriverOptions(on_step=progress.step, on_epoch=progress.epoch)
+        if not args.quiet:
+            print(f"run {run_id}: {'-'.join(map(str, config.network.sizes))}, {len(build_plan(config, run_id).neurons())} neurons, "
+                  f"{schedule.total_steps} steps", file=sys.stderr)
+        result = train_run(config, train, test, run_id=run_id, max_steps=args.max_steps, resume=args.resume,
+                           initial=initial, options=options)
+    if args.save_model:
+        save_model(args.save_model, result.params)
+    if not args.quiet:
+        rate = result.samples / max(result.seconds, 1e-9)
+        print(f"trained {result.steps} steps in {result.seconds:.1f} s ({rate:,.0f} samples/s)", file=sys.stderr)
+    print(f"test accuracy: {result.test_accuracy:.4f}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    config = _config(args)
+    params = load_model(args.model, config.network.sizes, config.training.dtype)
+    test = load_mnist("test", args.data)
+    print(f"test accuracy: {accuracy(params, test, config.network.activation, config.training.dtype):.4f}")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    params = load_model(args.model)
+    if model_sizes(params)[0] != 784:
+        raise ConfigError("--model", f"takes {model_sizes(params)[0]} inputs, images have 784 pixels")
+    images = load_images(args.inputs)
+    digits = predict(params, to_inputs(images, params[0][0].dtype), args.activation)
+    print(" ".join(str(int(d)) for d in digits))
+    return 0
+
+
+COMMANDS = {"plan": _cmd_plan, "train": _cmd_train, "evaluate": _cmd_evaluate, "predict": _cmd_predict}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit status (2 for bad input, 1 for a failed run)."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return COMMANDS[args.command](args)
+    except ConfigError as exc:
+        print(f"orchestrator: config error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (DataError, ModelFileError) as exc:
+        print(f"orchestrator: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (OrchestratorError, BrokerError, StoreError, NeuronError) as exc:
+        print(f"orchestrator: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("orchestrator: interrupted", file=sys.stderr)
+        return 130

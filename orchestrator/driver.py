@@ -1,0 +1,241 @@
+"""The training driver ("client"): feeds the neurons, collects losses and predictions, commits checkpoints."""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from broker.base import Broker
+from neuron import codec
+from neuron.errors import CodecError
+from neuron.optim import state_names
+from neuron.topology import Topology, micro_sizes
+from orchestrator.data import Dataset, to_inputs
+from orchestrator.errors import TrainingError
+from orchestrator.model import Params
+from orchestrator.schedule import Schedule
+from paramstore.checkpoint import Checkpoints
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    """What a finished run produced."""
+
+    params: Params
+    test_accuracy: float | None
+    steps: int
+    samples: int
+    seconds: float
+    epoch_accuracy: dict[int, float] = field(default_factory=dict)
+    actor_stats: dict[str, dict] = field(default_factory=dict)
+
+
+@dataclass
+class DriverOptions:
+    """Knobs of the driver that are not part of the network's mathematics."""
+
+    checkpoint_every: int = 100
+    window: int = 2  # training steps in flight ahead of the last loss received
+    stall_timeout: float = 120.0  # seconds without any message before the run is declared stuck
+    keep_checkpoints: int = 2
+    on_step: Callable[[int, float, int], None] | None = None  # (step, loss, samples)
+    on_epoch: Callable[[int, float], None] | None = None  # (epoch, test accuracy)
+    liveness: Callable[[], None] | None = None  # raises if an actor died
+
+
+class Driver:
+    """Runs one training run of `topo` over `broker`, checkpointing through `checkpoints`."""
+
+    def __init__(self, topo: Topology, broker: Broker, checkpoints: Checkpoints, options: DriverOptions) -> None:
+        self.topo, self.broker, self.checkpoints, self.options = topo, broker, checkpoints, options
+        self.queue = topo.queue(0)
+        self.schema = topo.schema_for(0, 0)
+        self.actors = [f"L{layer}.{index}" for layer, index in topo.neurons()] + ["head"]
+        self.generation = 0
+        self._ready: set[str] = set()
+        self._losses: dict[int, dict] = {}
+        self._ckpt_reports: dict[int, set[str]] = {}
+        self._committed = -1
+        self._preds: dict[int, np.ndarray] = {}
+        self._last_message = time.monotonic()
+
+    # -- set-up -----------------------------------------------------------------------------------
+    def declare(self) -> None:
+        """Create every queue of the run, each dead-lettering to the run's dead-letter queue."""
+        for queue in self.topo.all_queues():
+            self.broker.declare(queue, dead_letter=self.topo.dead_letter_queue)
+
+    def initialize(self, params: Params, info: dict) -> None:
+        """Store `params` (with zero optimizer state) as committed checkpoint 0 of a new run."""
+        if self.checkpoints.manifest() is not None:
+            raise TrainingError(f"run {self.topo.run_id!r} already exists in the store: pass --resume or another --run-id")
+        if tuple(p[0].shape[0] for p in params) != self.topo.sizes[1:]:
+            raise TrainingError("initial parameters do not match the network's sizes")
+        names = state_names(self.topo.optimizer)
+        for layer, (w, b) in enumerate(params, start=1):
+            for a, z in self.topo.splits(layer):
+                arrays = {"W": w[a:z], "b": b[a:z]}
+                arrays.update({n: np.zeros_like(arrays[n[1:]]) for n in names})
+                self.checkpoints.write_slice(0, layer, a, z, arrays)
+        self._commit(0, info)
+
+    def _commit(self, version: int, info: dict) -> None:
+        splits = {layer: list(self.topo.splits(layer)) for layer in range(1, self.topo.depth + 1)}
+        self.checkpoints.commit(version, splits, {**info, "generation": self.generation})
+        self.checkpoints.prune(keep=self.options.keep_checkpoints)
+        self._committed = version
+
+    # -- messages ---------------------------------------------------------------------------------
+    def _control(self, data: dict) -> None:
+        body = codec.encode(codec.CONTROL, self.topo.run_tag, self.generation, 0, data=data)
+        self.broker.publish_many([self.topo.queue(*n) for n in self.topo.neurons()] + [self.topo.queue(self.topo.head_layer)], body)
+
+    def _pump(self, timeout: float) -> None:
+        delivery = self.broker.get(self.queue, timeout=timeout)
+        if delivery is None:
+            if self.options.liveness is not None:
+                self.options.liveness()
+            if time.monotonic() - self._last_message > self.options.stall_timeout:
+                raise TrainingError(f"no message from any neuron for {self.options.stall_timeout:.0f} s")
+            return
+        self._last_message = time.monotonic()
+        try:
+            msg = codec.decode(delivery.body, self.schema)
+        except CodecError as exc:
+            self.broker.reject(delivery, f"{type(exc).__name__}: {exc}")
+            return
+        self.broker.ack(delivery)
+        if msg.generation != self.generation:
+            return
+        if msg.kind == codec.PRED:
+            self._preds[msg.micro] = msg.array
+            return
+        self._on_report(msg.data)
+
+    def _on_report(self, data: dict) -> None:
+        event, actor = data.get("event"), str(data.get("actor"))
+        if event == "failed":
+            raise TrainingError(f"neuron {actor} failed: {data.get('error')}")
+        if event == "ready":
+            self._ready.add(actor)
+        elif event == "loss":
+            self._losses[int(data["step"])] = data
+        elif event == "checkpoint":
+            self._ckpt_reports.setdefault(int(data["version"]), set()).add(actor)
+
+    def _wait(self, done: Callable[[], bool], what: str) -> None:
+        self._last_message = time.monotonic()
+        while not done():
+            try:
+                self._pump(0.5)
+            except TrainingError as exc:
+                raise TrainingError(f"{exc} (while waiting for {what})") from exc
+
+    def _commit_ready(self, info: Callable[[int], dict]) -> None:
+        neurons = len(self.actors) - 1
+        for version in sorted(self._ckpt_reports):
+            if version > self._committed and len(self._ckpt_reports[version]) == neurons:
+                self._commit(version, info(version))
+                del self._ckpt_reports[version]
+
+    # -- the run ----------------------------------------------------------------------------------
+    def start_generation(self, generation: int, version: int) -> None:
+        """Tell every actor to start `generation` from checkpoint `version`, and wait until all are ready."""
+        self.generation = generation
+        self._ready.clear()
+        self._losses.clear()
+        self._preds.clear()
+        self._ckpt_reports.clear()
+        self._control({"op": "start", "generation": generation, "version": version})
+        self._wait(lambda: len(self._ready) == len(self.actors), "every neuron to load its checkpoint")
+
+    def stop(self) -> None:
+        """Tell every actor to exit."""
+        self._control({"op": "stop"})
+
+    def train(self, train: Dataset, test: Dataset | None, schedule: Schedule, start: int) -> TrainResult:
+        """Train from committed checkpoint `start` to the schedule's end; the generation must be started."""
+        t0, opts, samples = time.monotonic(), self.options, 0
+        accuracies: dict[int, float] = {}
+        accuracy = None
+        order, epoch = None, -1
+        dtype = self.topo.dtype
+        total = schedule.total_steps
+
+        def info(version: int) -> dict:
+            return {"step": version, "epoch": schedule.epoch_of(max(version - 1, 0)), "total_steps": total}
+
+        for step in range(start, total):
+            self._wait(lambda: step - opts.window <= start - 1 or (step - opts.window) in self._losses,
+                       f"the loss of step {step - opts.window}")
+            self._commit_ready(info)
+            if schedule.epoch_of(step) != epoch:
+                epoch = schedule.epoch_of(step)
+                order = schedule.order(epoch)
+            idx = schedule.indices(step, order)
+            last = step == total - 1
+            flags = codec.CHECKPOINT if (step + 1) % opts.checkpoint_every == 0 or last else 0
+            self._send_step(step, to_inputs(train.images[idx], dtype), train.labels[idx], flags)
+            samples += len(idx)
+            if test is not None and (schedule.ends_epoch(step) or last):
+                self._wait(lambda: step in self._losses, f"the loss of step {step}")
+                accuracy = self.evaluate(test, step + 1)
+                accuracies[epoch] = accuracy
+                if opts.on_epoch is not None:
+                    opts.on_epoch(epoch, accuracy)
+            self._report_losses(opts)
+        self._wait(lambda: (self._commit_ready(info) or True) and self._committed >= total,
+                   f"the final checkpoint {total}")
+        self._report_losses(opts)
+        params = self.read_params(total)
+        self.checkpoints.update_manifest(status="done", test_accuracy=accuracy)
+        return TrainResult(params, accuracy, total - start, samples, time.monotonic() - t0, accuracies)
+
+    def _report_losses(self, opts: DriverOptions) -> None:
+        for step in sorted(s for s, d in self._losses.items() if not d.get("reported")):
+            self._losses[step]["reported"] = True
+            if opts.on_step is not None:
+                opts.on_step(step, float(self._losses[step]["loss"]), int(self._losses[step]["samples"]))
+            self._losses.pop(step - 2 * opts.window - 2, None)
+
+    def _send_step(self, step: int, x: np.ndarray, y: np.ndarray, flags: int) -> None:
+        sizes = micro_sizes(x.shape[0], self.topo.micro_batches)
+        tag, gen = self.topo.run_tag, self.generation
+        first = [self.topo.queue(1, s) for s in range(self.topo.shards[0])]
+        self.broker.publish(self.topo.queue(self.topo.head_layer),
+                            codec.encode(codec.LABELS, tag, gen, step, nmicro=len(sizes), array=y.astype(np.int32)))
+        offset = 0
+        for micro, rows in enumerate(sizes):
+            body = codec.encode(codec.ACT, tag, gen, step, micro=micro, nmicro=len(sizes), flags=flags,
+                                array=x[offset:offset + rows])
+            self.broker.publish_many(first, body)
+            offset += rows
+
+    def evaluate(self, test: Dataset, version: int) -> float:
+        """Accuracy on `test` of the weights at `version`, computed through the neurons."""
+        x = to_inputs(test.images, self.topo.dtype)
+        first = [self.topo.queue(1, s) for s in range(self.topo.shards[0])]
+        spans, chunk = [], self.topo.max_rows
+        self._preds.clear()
+        for micro, start in enumerate(range(0, x.shape[0], chunk)):
+            spans.append((start, min(start + chunk, x.shape[0])))
+            body = codec.encode(codec.ACT, self.topo.run_tag, self.generation, version, micro=micro,
+                                flags=codec.EVAL, array=x[start:start + chunk])
+            self.broker.publish_many(first, body)
+        self._wait(lambda: len(self._preds) == len(spans), f"predictions of checkpoint {version}")
+        correct = sum(int((self._preds[m] == test.labels[a:b]).sum()) for m, (a, b) in enumerate(spans))
+        self._preds.clear()
+        return correct / x.shape[0]
+
+    def read_params(self, version: int) -> Params:
+        """The whole model at committed `version`, assembled from the stored slices."""
+        params = []
+        for layer in range(1, self.topo.depth + 1):
+            arrays = self.checkpoints.read_layer(version, layer, ("W", "b"))
+            params.append((arrays["W"], arrays["b"]))
+        return params

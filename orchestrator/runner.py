@@ -1,0 +1,106 @@
+"""Running a training job: open the broker and store, start the actors, drive the run, close everything."""
+from __future__ import annotations
+
+import dataclasses
+import secrets
+import time
+
+from broker import connect
+from broker.base import Broker
+from orchestrator.config import Config
+from orchestrator.data import Dataset
+from orchestrator.driver import Driver, DriverOptions, TrainResult
+from orchestrator.embedded import threaded_actors
+from orchestrator.errors import TrainingError
+from orchestrator.model import Params, init_params
+from orchestrator.plan import build_plan
+from orchestrator.schedule import Schedule
+from paramstore import open_store
+from paramstore.base import Store
+from paramstore.checkpoint import Checkpoints
+
+
+def new_run_id() -> str:
+    """A fresh, sortable run id."""
+    return time.strftime("run-%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+
+
+def make_schedule(config: Config, samples: int, max_steps: int | None) -> Schedule:
+    """The sample schedule of `config` over a training set of `samples`."""
+    tr = config.training
+    return Schedule(samples, tr.batch_size, tr.epochs, tr.seed, tr.shuffle, max_steps)
+
+
+def _check_resumable(manifest: dict, topo, schedule: Schedule) -> None:
+    stored = manifest.get("topology", {})
+    if tuple(stored.get("sizes", ())) != topo.sizes:
+        raise TrainingError(f"run {topo.run_id} has layer sizes {stored.get('sizes')}, the config says {list(topo.sizes)}")
+    for key in ("optimizer", "dtype", "activation", "batch_size", "learning_rate"):
+        if stored.get(key) != getattr(topo, key):
+            raise TrainingError(f"run {topo.run_id} was trained with {key}={stored.get(key)!r}, the config says {getattr(topo, key)!r}")
+    was = manifest.get("schedule", {})
+    for key in ("samples", "batch_size", "seed", "shuffle"):
+        if was.get(key) != getattr(schedule, key):
+            raise TrainingError(f"run {topo.run_id} was trained with {key}={was.get(key)!r}; resuming needs the same")
+
+
+def train_run(
+    config: Config,
+    train: Dataset,
+    test: Dataset | None,
+    *,
+    run_id: str,
+    max_steps: int | None = None,
+    resume: bool = False,
+    initial: Params | None = None,
+    options: DriverOptions | None = None,
+    broker: Broker | None = None,
+    store: Store | None = None,
+) -> TrainResult:
+    """Train `config` embedded (one thread per neuron) and return the final weights and accuracy.
+
+    `broker` and `store` default to fresh connections to the config's URLs; pass shared instances to
+    reuse an in-memory store across runs (tests resume that way).
+    """
+    topo = build_plan(config, run_id)
+    schedule = make_schedule(config, len(train), max_steps)
+    options = dataclasses.replace(options or DriverOptions(), checkpoint_every=config.training.checkpoint_every)
+    own_broker, own_store = broker is None, store is None
+    broker = broker or connect(config.broker)
+    store = store or open_store(config.paramstore)
+    try:
+        checkpoints = Checkpoints(store, run_id)
+        driver = Driver(topo, broker, checkpoints, options)
+        driver.declare()
+        if resume:
+            manifest = checkpoints.manifest()
+            if manifest is None or manifest.get("latest") is None:
+                raise TrainingError(f"nothing to resume: run {run_id!r} has no committed checkpoint in {config.paramstore}")
+            _check_resumable(manifest, topo, schedule)
+            version, generation = int(manifest["latest"]), int(manifest.get("generation", 0)) + 1
+        else:
+            version, generation = 0, 1
+            driver.generation = generation
+            tr = config.training
+            params = initial or init_params(topo.sizes, topo.activation, tr.dtype, tr.seed)
+            driver.initialize(params, {"step": 0, "epoch": 0})
+        schedule_info = {"samples": schedule.samples, "batch_size": schedule.batch_size, "epochs": schedule.epochs,
+                         "seed": schedule.seed, "shuffle": schedule.shuffle, "max_steps": schedule.max_steps}
+        checkpoints.update_manifest(generation=generation, status="running", topology=topo.to_dict(),
+                                    schedule=schedule_info)
+        if version >= schedule.total_steps:
+            raise TrainingError(f"run {run_id!r} is already at step {version} of {schedule.total_steps}")
+        with threaded_actors(topo, broker, checkpoints) as group:
+            driver.options.liveness = group.check
+            driver.start_generation(generation, version)
+            try:
+                result = driver.train(train, test, schedule, version)
+            finally:
+                driver.stop()
+        result.actor_stats = group.stats()
+        return result
+    finally:
+        if own_broker:
+            broker.close()
+        if own_store:
+            store.close()

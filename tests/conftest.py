@@ -1,0 +1,48 @@
+"""Shared fixtures: the MNIST folder, small datasets, and the CI rule that service tests never skip."""
+from __future__ import annotations
+
+import os
+import pathlib
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+MNIST = pathlib.Path(os.environ.get("CUTTLEFISH_DATA", ROOT.parent / "shared" / "datasets" / "mnist"))
+
+
+def in_ci() -> bool:
+    """Whether this is a CI run, where a missing service is a failure and not a skip."""
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def require(condition: bool, why: str) -> None:
+    """Skip (on a laptop) or fail (under CI=true) when a needed service or file is missing."""
+    if not condition:
+        if in_ci():
+            pytest.fail(f"{why} (CI=true: required)")
+        pytest.skip(why)
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> pathlib.Path:
+    """The folder with the MNIST IDX files."""
+    require((MNIST / "train-images-idx3-ubyte.gz").exists() or (MNIST / "train-images-idx3-ubyte").exists(),
+            f"MNIST not found in {MNIST}")
+    return MNIST
+
+
+@pytest.fixture(scope="session")
+def mnist(mnist_dir):
+    """(train, test) datasets."""
+    from orchestrator.data import load_mnist
+
+    return load_mnist("train", mnist_dir), load_mnist("test", mnist_dir)
+
+
+@pytest.fixture(scope="session")
+def small_mnist(mnist):
+    """The first 2,000 training and 500 test samples: enough for exactness tests, fast."""
+    from orchestrator.data import Dataset
+
+    train, test = mnist
+    return Dataset(train.images[:2000], train.labels[:2000]), Dataset(test.images[:500], test.labels[:500])
