@@ -1,0 +1,80 @@
+"""Samples/s of the embedded distributed run against the single-process trainer, same network, one run.
+
+    python bench/bench_embedded.py [--steps N] [--shards 1,1,1] [--micro M] [--out bench/results/embedded.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from orchestrator.config import parse_config  # noqa: E402
+from orchestrator.data import load_mnist  # noqa: E402
+from orchestrator.model import init_params  # noqa: E402
+from orchestrator.reference import ReferenceTrainer, train_reference  # noqa: E402
+from orchestrator.runner import make_schedule, train_run  # noqa: E402
+
+CONFIG = """
+neural_network:
+  num_of_hidden_layers: 2
+  num_nodes_per_layer: [256, 256]
+  num_classes: 10
+  shards_per_layer: [{shards}]
+training:
+  data_batch_size: 128
+  micro_batches: {micro}
+  optimizer: momentum
+  learning_rate: 0.05
+  dtype: float32
+  checkpoint_every: 100000
+"""
+
+
+def main(argv=None) -> int:
+    """Run both trainers on the same steps and write the figures as JSON."""
+    p = argparse.ArgumentParser()
+    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--shards", default="1, 1, 1")
+    p.add_argument("--micro", type=int, default=4)
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--data", default=os.environ.get("CUTTLEFISH_DATA", str(ROOT.parent / "shared/datasets/mnist")))
+    p.add_argument("--out", default=str(ROOT / "bench/results/embedded.json"))
+    args = p.parse_args(argv)
+    config = parse_config(CONFIG.format(shards=args.shards, micro=args.micro))
+    train = load_mnist("train", args.data)
+    samples = args.steps * config.training.batch_size
+    best_ref, best_emb = 0.0, 0.0
+    for _ in range(args.repeat):
+        trainer = ReferenceTrainer(init_params(config.network.sizes, "relu", "float32", 0), "relu", "momentum", 0.05, 0.9)
+        t0 = time.perf_counter()
+        train_reference(trainer, train, make_schedule(config, len(train), args.steps), "float32")
+        best_ref = max(best_ref, samples / (time.perf_counter() - t0))
+        t0 = time.perf_counter()
+        result = train_run(config, train, None, run_id="bench", max_steps=args.steps)
+        best_emb = max(best_emb, samples / (time.perf_counter() - t0))
+        assert result.steps == args.steps
+    out = {
+        "benchmark": "embedded distributed run vs single-process trainer",
+        "network": "784-256-256-10", "batch": 128, "dtype": "float32", "steps": args.steps,
+        "shards": args.shards, "micro_batches": args.micro, "repeats": args.repeat, "measure": "best of repeats, wall time incl. start-up",
+        "single_process_samples_per_s": round(best_ref, 1),
+        "embedded_samples_per_s": round(best_emb, 1),
+        "ratio": round(best_emb / best_ref, 3),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    pathlib.Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
