@@ -48,6 +48,8 @@ class Topology:
     momentum: float = 0.9
     batch_size: int = 100
     micro_batches: int = 1
+    lr_decay: float = 1.0
+    steps_per_epoch: int = 0  # needed only with lr_decay < 1
 
     def __post_init__(self) -> None:
         if not RUN_ID.match(self.run_id):
@@ -82,6 +84,12 @@ class Topology:
     def max_rows(self) -> int:
         """The largest micro-batch."""
         return math.ceil(self.batch_size / self.micro_batches)
+
+    def learning_rate_at(self, step: int) -> float:
+        """The learning rate of global step `step`: learning_rate * lr_decay ** epoch."""
+        if self.lr_decay == 1.0 or not self.steps_per_epoch:
+            return self.learning_rate
+        return self.learning_rate * self.lr_decay ** (step // self.steps_per_epoch)
 
     def splits(self, layer: int) -> tuple[tuple[int, int], ...]:
         """Row ranges owned by the neurons of `layer` (1..depth); layer 0 is the driver's single slice."""

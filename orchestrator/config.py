@@ -56,6 +56,7 @@ class TrainingConfig:
     seed: int
     dtype: str
     checkpoint_every: int
+    lr_decay: float = 1.0  # the learning rate of epoch e is learning_rate * lr_decay ** e
 
 
 @dataclass(frozen=True)
@@ -337,6 +338,7 @@ _TRAINING_FIELDS = (
     _Field("seed", _integer(0), 0),
     _Field("dtype", _choice(DTYPES), "float32"),
     _Field("checkpoint_every", _integer(1), 100),
+    _Field("lr_decay", _number(lambda x: 0 < x <= 1, "> 0 and <= 1"), 1.0),
 )
 
 _ECS_FIELDS = (

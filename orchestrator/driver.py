@@ -184,6 +184,7 @@ class Driver:
             samples += len(idx)
             if test is not None and (schedule.ends_epoch(step) or last):
                 self._wait(lambda: step in self._losses, f"the loss of step {step}")
+                self._report_losses(opts)
                 accuracy = self.evaluate(test, step + 1)
                 accuracies[epoch] = accuracy
                 if opts.on_epoch is not None:

@@ -5,8 +5,11 @@ from neuron.topology import Topology
 from orchestrator.config import Config
 
 
-def build_plan(config: Config, run_id: str) -> Topology:
-    """The topology of run `run_id` of `config`: layer sizes, shard splits, hyperparameters, queues."""
+def build_plan(config: Config, run_id: str, steps_per_epoch: int = 0) -> Topology:
+    """The topology of run `run_id` of `config`: layer sizes, shard splits, hyperparameters, queues.
+
+    `steps_per_epoch` (known once the data is) is needed only for a learning-rate decay.
+    """
     net, tr = config.network, config.training
     return Topology(
         run_id=run_id,
@@ -19,6 +22,8 @@ def build_plan(config: Config, run_id: str) -> Topology:
         momentum=tr.momentum,
         batch_size=tr.batch_size,
         micro_batches=tr.micro_batches,
+        lr_decay=tr.lr_decay,
+        steps_per_epoch=steps_per_epoch,
     )
 
 

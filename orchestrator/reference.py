@@ -39,11 +39,13 @@ def accuracy(params: Params, data: Dataset, activation: str, dtype: str) -> floa
 class ReferenceTrainer:
     """Full-batch forward, backward and update of the whole network in one process."""
 
-    def __init__(self, params: Params, activation: str, optimizer: str, learning_rate: float, momentum: float) -> None:
+    def __init__(self, params: Params, activation: str, optimizer: str, learning_rate: float, momentum: float,
+                 lr_decay: float = 1.0, steps_per_epoch: int = 0) -> None:
         self.params = [{"W": w.copy(), "b": b.copy()} for w, b in params]
         self.state = [init_state(optimizer, p) for p in self.params]
         self.activation, self.optimizer = activation, optimizer
         self.learning_rate, self.momentum = learning_rate, momentum
+        self.lr_decay, self.steps_per_epoch = lr_decay, steps_per_epoch
         self.updates = 0
 
     def step(self, x: np.ndarray, y: np.ndarray) -> float:
@@ -65,9 +67,12 @@ class ReferenceTrainer:
                 grad = dense_backward_input(grad_z, self.params[i]["W"])  # (B, n_{i-1})
             dw, db = dense_backward_params(inp, grad_z)  # (n_i, n_{i-1}), (n_i,)
             grads[i] = {"W": dw, "b": db}
+        lr = self.learning_rate
+        if self.lr_decay != 1.0 and self.steps_per_epoch:
+            lr = self.learning_rate * self.lr_decay ** (self.updates // self.steps_per_epoch)
         self.updates += 1
         for p, g, s in zip(self.params, grads, self.state):
-            apply_update(self.optimizer, p, g, s, self.learning_rate, self.momentum, self.updates)
+            apply_update(self.optimizer, p, g, s, lr, self.momentum, self.updates)
         return loss_sum / y.shape[0]
 
     def export(self) -> Params:

@@ -35,7 +35,7 @@ def _check_resumable(manifest: dict, topo, schedule: Schedule) -> None:
     stored = manifest.get("topology", {})
     if tuple(stored.get("sizes", ())) != topo.sizes:
         raise TrainingError(f"run {topo.run_id} has layer sizes {stored.get('sizes')}, the config says {list(topo.sizes)}")
-    for key in ("optimizer", "dtype", "activation", "batch_size", "learning_rate"):
+    for key in ("optimizer", "dtype", "activation", "batch_size", "learning_rate", "lr_decay", "momentum"):
         if stored.get(key) != getattr(topo, key):
             raise TrainingError(f"run {topo.run_id} was trained with {key}={stored.get(key)!r}, the config says {getattr(topo, key)!r}")
     was = manifest.get("schedule", {})
@@ -62,8 +62,8 @@ def train_run(
     `broker` and `store` default to fresh connections to the config's URLs; pass shared instances to
     reuse an in-memory store across runs (tests resume that way).
     """
-    topo = build_plan(config, run_id)
     schedule = make_schedule(config, len(train), max_steps)
+    topo = build_plan(config, run_id, schedule.steps_per_epoch)
     options = dataclasses.replace(options or DriverOptions(), checkpoint_every=config.training.checkpoint_every)
     own_broker, own_store = broker is None, store is None
     broker = broker or connect(config.broker)

@@ -37,9 +37,11 @@ training:
 
 def _reference(config, train, steps=STEPS):
     tr = config.training
+    schedule = make_schedule(config, len(train), steps)
     trainer = ReferenceTrainer(init_params(config.network.sizes, config.network.activation, tr.dtype, tr.seed),
-                               config.network.activation, tr.optimizer, tr.learning_rate, tr.momentum)
-    return train_reference(trainer, train, make_schedule(config, len(train), steps), tr.dtype)
+                               config.network.activation, tr.optimizer, tr.learning_rate, tr.momentum,
+                               tr.lr_decay, schedule.steps_per_epoch)
+    return train_reference(trainer, train, schedule, tr.dtype)
 
 
 def _max_diff(a, b):
@@ -104,12 +106,12 @@ def test_resume_with_other_shards_continues_the_mathematics(small_mnist, tmp_pat
     assert _max_diff(resumed.params, _reference(first, train)) <= TOLERANCE["float64"]
 
 
-def test_partial_last_batch_and_epochs(small_mnist):
+def test_partial_last_batch_epochs_and_lr_decay(small_mnist):
     train, test = small_mnist
     from orchestrator.data import Dataset
 
     part = Dataset(train.images[:230], train.labels[:230])  # 5 steps per epoch, the last of 30 samples
-    config = _config(micro=4).with_training(epochs=2)
+    config = _config(micro=4).with_training(epochs=3, lr_decay=0.5)
     result = train_run(config, part, test, run_id="epochs")
-    assert result.steps == 10 and set(result.epoch_accuracy) == {0, 1}
+    assert result.steps == 15 and set(result.epoch_accuracy) == {0, 1, 2}
     assert _max_diff(result.params, _reference(config, part, steps=None)) <= TOLERANCE["float64"]
