@@ -130,7 +130,8 @@ class DenseNeuron(Actor):
             db = db + self._grads[m][1]  # (u,)
         flags = self._meta.pop(self.step)[1]
         apply_update(self.topo.optimizer, self.params, {"W": dw, "b": db}, self.opt_state,
-                     self.topo.learning_rate_at(self.step), self.topo.momentum, self.step + 1)
+                     self.topo.learning_rate_at(self.step), self.topo.momentum, self.step + 1,
+                     self.topo.weight_decay)
         self.step += 1
         self._saved.clear()
         self._grads.clear()

@@ -35,8 +35,8 @@ class LossHead(Actor):
             labels = msg.array
             if not msg.nmicro or labels.shape[0] < msg.nmicro:
                 raise ProtocolError(f"{labels.shape[0]} labels cannot make {msg.nmicro} micro-batches")
-            if labels.max() >= self.topo.sizes[-1]:
-                raise ProtocolError(f"label {labels.max()} out of range")
+            if labels.min() < 0 or labels.max() >= self.topo.sizes[-1]:
+                raise ProtocolError(f"labels outside 0..{self.topo.sizes[-1] - 1}")
             offsets = np.cumsum((0, *micro_sizes(labels.shape[0], msg.nmicro)))
             self._labels[msg.step] = (labels.astype(np.int64), tuple(int(o) for o in offsets))
             return

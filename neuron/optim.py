@@ -34,13 +34,17 @@ def apply_update(
     lr: float,
     momentum: float,
     step: int,
+    weight_decay: float = 0.0,
 ) -> None:
     """Update `params` and `state` in place from `grads`; `step` counts updates from 1 (Adam's bias correction).
 
     sgd: p -= lr * g; momentum: v = mu * v + g, p -= lr * v; adam: PyTorch's Adam with betas 0.9/0.999, eps 1e-8.
+    A weight decay adds weight_decay * p to every gradient first (L2, as PyTorch's weight_decay).
     """
     for name, p in params.items():
         g = grads[name]  # same shape as p
+        if weight_decay:
+            g = g + weight_decay * p  # like p
         if optimizer == "sgd":
             p -= lr * g  # (u, f) or (u,)
         elif optimizer == "momentum":

@@ -49,6 +49,7 @@ class Topology:
     batch_size: int = 100
     micro_batches: int = 1
     lr_decay: float = 1.0
+    weight_decay: float = 0.0
     steps_per_epoch: int = 0  # needed only with lr_decay < 1
 
     def __post_init__(self) -> None:

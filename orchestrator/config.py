@@ -57,6 +57,7 @@ class TrainingConfig:
     dtype: str
     checkpoint_every: int
     lr_decay: float = 1.0  # the learning rate of epoch e is learning_rate * lr_decay ** e
+    weight_decay: float = 0.0  # L2: weight_decay * p is added to each gradient
 
 
 @dataclass(frozen=True)
@@ -339,6 +340,7 @@ _TRAINING_FIELDS = (
     _Field("dtype", _choice(DTYPES), "float32"),
     _Field("checkpoint_every", _integer(1), 100),
     _Field("lr_decay", _number(lambda x: 0 < x <= 1, "> 0 and <= 1"), 1.0),
+    _Field("weight_decay", _number(lambda x: 0 <= x < 1, ">= 0 and < 1"), 0.0),
 )
 
 _ECS_FIELDS = (

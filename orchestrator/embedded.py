@@ -6,6 +6,8 @@ import threading
 from contextlib import contextmanager
 from typing import Iterator
 
+from threadpoolctl import threadpool_limits
+
 from broker.base import Broker
 from neuron.actor import Actor
 from neuron.dense import DenseNeuron
@@ -65,8 +67,11 @@ class ThreadedActors:
 def threaded_actors(topo: Topology, broker: Broker, checkpoints: Checkpoints) -> Iterator[ThreadedActors]:
     """Start the actors of `topo` on threads for the duration of the block."""
     group = ThreadedActors(topo, broker, checkpoints)
-    group.start()
-    try:
-        yield group
-    finally:
-        group.stop()
+    # Every neuron thread calls BLAS at once; BLAS's own worker threads would fight them for the cores
+    # (OpenBLAS workers spin), so each call runs on its caller's thread and the neurons are the parallelism.
+    with threadpool_limits(limits=1, user_api="blas"):
+        group.start()
+        try:
+            yield group
+        finally:
+            group.stop()

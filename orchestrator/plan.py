@@ -23,6 +23,7 @@ def build_plan(config: Config, run_id: str, steps_per_epoch: int = 0) -> Topolog
         batch_size=tr.batch_size,
         micro_batches=tr.micro_batches,
         lr_decay=tr.lr_decay,
+        weight_decay=tr.weight_decay,
         steps_per_epoch=steps_per_epoch,
     )
 

@@ -40,12 +40,12 @@ class ReferenceTrainer:
     """Full-batch forward, backward and update of the whole network in one process."""
 
     def __init__(self, params: Params, activation: str, optimizer: str, learning_rate: float, momentum: float,
-                 lr_decay: float = 1.0, steps_per_epoch: int = 0) -> None:
+                 lr_decay: float = 1.0, steps_per_epoch: int = 0, weight_decay: float = 0.0) -> None:
         self.params = [{"W": w.copy(), "b": b.copy()} for w, b in params]
         self.state = [init_state(optimizer, p) for p in self.params]
         self.activation, self.optimizer = activation, optimizer
         self.learning_rate, self.momentum = learning_rate, momentum
-        self.lr_decay, self.steps_per_epoch = lr_decay, steps_per_epoch
+        self.lr_decay, self.steps_per_epoch, self.weight_decay = lr_decay, steps_per_epoch, weight_decay
         self.updates = 0
 
     def step(self, x: np.ndarray, y: np.ndarray) -> float:
@@ -72,7 +72,7 @@ class ReferenceTrainer:
             lr = self.learning_rate * self.lr_decay ** (self.updates // self.steps_per_epoch)
         self.updates += 1
         for p, g, s in zip(self.params, grads, self.state):
-            apply_update(self.optimizer, p, g, s, lr, self.momentum, self.updates)
+            apply_update(self.optimizer, p, g, s, lr, self.momentum, self.updates, self.weight_decay)
         return loss_sum / y.shape[0]
 
     def export(self) -> Params:

@@ -35,7 +35,8 @@ def _check_resumable(manifest: dict, topo, schedule: Schedule) -> None:
     stored = manifest.get("topology", {})
     if tuple(stored.get("sizes", ())) != topo.sizes:
         raise TrainingError(f"run {topo.run_id} has layer sizes {stored.get('sizes')}, the config says {list(topo.sizes)}")
-    for key in ("optimizer", "dtype", "activation", "batch_size", "learning_rate", "lr_decay", "momentum"):
+    for key in ("optimizer", "dtype", "activation", "batch_size", "learning_rate", "lr_decay", "momentum",
+                "weight_decay"):
         if stored.get(key) != getattr(topo, key):
             raise TrainingError(f"run {topo.run_id} was trained with {key}={stored.get(key)!r}, the config says {getattr(topo, key)!r}")
     was = manifest.get("schedule", {})

@@ -40,7 +40,7 @@ def _reference(config, train, steps=STEPS):
     schedule = make_schedule(config, len(train), steps)
     trainer = ReferenceTrainer(init_params(config.network.sizes, config.network.activation, tr.dtype, tr.seed),
                                config.network.activation, tr.optimizer, tr.learning_rate, tr.momentum,
-                               tr.lr_decay, schedule.steps_per_epoch)
+                               tr.lr_decay, schedule.steps_per_epoch, tr.weight_decay)
     return train_reference(trainer, train, schedule, tr.dtype)
 
 
@@ -106,12 +106,26 @@ def test_resume_with_other_shards_continues_the_mathematics(small_mnist, tmp_pat
     assert _max_diff(resumed.params, _reference(first, train)) <= TOLERANCE["float64"]
 
 
-def test_partial_last_batch_epochs_and_lr_decay(small_mnist):
+def test_partial_last_batch_epochs_lr_and_weight_decay(small_mnist):
     train, test = small_mnist
     from orchestrator.data import Dataset
 
     part = Dataset(train.images[:230], train.labels[:230])  # 5 steps per epoch, the last of 30 samples
-    config = _config(micro=4).with_training(epochs=3, lr_decay=0.5)
+    config = _config(micro=4).with_training(epochs=3, lr_decay=0.5, weight_decay=0.01)
     result = train_run(config, part, test, run_id="epochs")
     assert result.steps == 15 and set(result.epoch_accuracy) == {0, 1, 2}
     assert _max_diff(result.params, _reference(config, part, steps=None)) <= TOLERANCE["float64"]
+
+
+def test_a_neuron_that_cannot_load_ends_the_run_with_a_clear_error(small_mnist, tmp_path):
+    from orchestrator.errors import TrainingError
+
+    train, test = small_mnist
+    store = open_store(f"file://{tmp_path}/store")
+    config = _config(every=5)
+    train_run(config, train, test, run_id="broken", max_steps=10, store=store)
+    for key in store.keys("cuttlefish/broken/ckpt/0000000010/L2/"):
+        store.delete(key)
+    with pytest.raises(TrainingError, match="L2"):
+        train_run(config, train, test, run_id="broken", max_steps=20, resume=True, store=store,
+                  options=DriverOptions(stall_timeout=20))

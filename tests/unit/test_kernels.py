@@ -108,3 +108,9 @@ def test_adam_matches_pytorch_formula():
         v = 0.999 * v + 0.001 * g * g
         w = w - 1e-3 / (1 - 0.9**t) * m / (np.sqrt(v) / np.sqrt(1 - 0.999**t) + 1e-8)
     np.testing.assert_allclose(p["W"], w, rtol=1e-12)
+
+
+def test_weight_decay_adds_l2_gradient():
+    p = {"W": np.array([1.0, -2.0])}
+    apply_update("sgd", p, {"W": np.array([0.5, 0.5])}, {}, 0.1, 0.0, 1, weight_decay=0.1)
+    np.testing.assert_allclose(p["W"], [1.0 - 0.1 * (0.5 + 0.1), -2.0 - 0.1 * (0.5 - 0.2)])
