@@ -33,7 +33,9 @@ def connect(url: str, **options) -> Broker:
     try:
         mod = importlib.import_module(module)
     except ModuleNotFoundError as exc:
-        if extra is None or exc.name == module:
+        if exc.name == module:
+            raise UnknownScheme(f"the {scheme}:// broker is not part of this version of cuttlefish") from exc
+        if extra is None:
             raise
         raise MissingExtra(
             f"the {scheme}:// broker needs the {exc.name} package: pip install 'cuttlefish[{extra}]'"

@@ -7,6 +7,9 @@ import threading
 from broker.base import Broker, Delivery
 from broker.errors import BrokerClosed, QueueNotDeclared
 
+# a dead-letter queue nobody reads must not grow without bound: past this the oldest letters go
+DEAD_LETTER_LIMIT = 1000
+
 
 class MemoryBroker(Broker):
     """Thread-safe in-process queues; a message lives in exactly one queue at a time."""
@@ -53,7 +56,13 @@ class MemoryBroker(Broker):
         """Move `delivery` to its queue's dead-letter queue with `reason`."""
         target = self._dead_letter.get(delivery.queue)
         if target is not None:
-            self._queue(target).put(Delivery(target, delivery.body, reason=reason, headers={"x-first-death-queue": delivery.queue}))
+            q = self._queue(target)
+            q.put(Delivery(target, delivery.body, reason=reason, headers={"x-first-death-queue": delivery.queue}))
+            while q.qsize() > DEAD_LETTER_LIMIT:
+                try:
+                    q.get_nowait()
+                except _queue.Empty:
+                    break
 
     def depth(self, queue: str) -> int:
         """Number of waiting messages."""

@@ -6,18 +6,23 @@ import threading
 from abc import ABC, abstractmethod
 from collections import Counter
 
+import numpy as np
+
 from broker.base import Broker, Delivery
 from broker.errors import BrokerError
 from neuron import codec
-from neuron.errors import CodecError, ProtocolError
+from neuron.errors import CheckpointMissing, CodecError, ProtocolError
 from neuron.topology import Topology
 
 log = logging.getLogger(__name__)
 
 # how many steps ahead of its own an actor buffers; the driver keeps fewer in flight
 STEP_WINDOW = 8
-# messages of a generation not yet started that an actor keeps (a restarted peer may be ahead of it)
-FUTURE_LIMIT = 4096
+# bytes of messages of a generation not yet started that an actor keeps (a restarted peer may be ahead)
+FUTURE_BYTES = 256 << 20
+# the header's generation and step fields are 32 and 64 bits wide
+MAX_GENERATION = (1 << 32) - 1
+MAX_STEP = (1 << 63) - 1
 
 
 class Actor(ABC):
@@ -36,6 +41,7 @@ class Actor(ABC):
         self.stats: Counter = Counter()
         self.running = True
         self._future: list[codec.Message] = []
+        self._future_bytes = 0
         self._seen: set[tuple] = set()
 
     @property
@@ -55,7 +61,9 @@ class Actor(ABC):
         self.stats["in"] += 1
         try:
             msg = codec.decode(delivery.body, self.schema)
-            self._dispatch(msg)
+            # overflow shows up as inf/NaN, which the neurons check for explicitly and report as divergence
+            with np.errstate(over="ignore", invalid="ignore"):
+                self._dispatch(msg)
         except (CodecError, ProtocolError) as exc:
             self.stats["rejected"] += 1
             log.warning("%s rejected a message: %s", self.name, exc)
@@ -68,9 +76,11 @@ class Actor(ABC):
             self._control(msg)
             return
         if self.generation is None or msg.generation > self.generation:
-            if len(self._future) >= FUTURE_LIMIT:
-                raise ProtocolError(f"more than {FUTURE_LIMIT} messages of a future generation")
+            size = msg.array.nbytes if msg.array is not None else 0
+            if self._future_bytes + size > FUTURE_BYTES:
+                raise ProtocolError(f"more than {FUTURE_BYTES} bytes of messages of a future generation")
             self._future.append(msg)
+            self._future_bytes += size
             return
         if msg.generation < self.generation:
             self.stats["stale"] += 1
@@ -88,22 +98,29 @@ class Actor(ABC):
     def _control(self, msg: codec.Message) -> None:
         data = msg.data
         op = data.get("op")
-        if op == "stop":
-            self.running = False
-            return
-        if op != "start":
+        if op not in ("start", "stop"):
             raise ProtocolError(f"unknown control operation {op!r}")
-        generation, version = data.get("generation"), data.get("version")
-        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (generation, version)):
-            raise ProtocolError("start needs non-negative integer generation and version")
+        generation, version = data.get("generation"), data.get("version", 0)
+        if not (_bounded(generation, MAX_GENERATION) and _bounded(version, MAX_STEP)):
+            raise ProtocolError(f"{op} needs integer generation and version within the header's range")
+        if op == "stop":
+            # a stop left over from an earlier generation must not end this one
+            if self.generation is None or generation >= self.generation:
+                self.running = False
+            return
         if self.generation is not None and generation <= self.generation:
             self.stats["stale"] += 1
             return
+        try:
+            self.on_start(version)
+        except CheckpointMissing as exc:
+            # the driver of that generation learns at once; the actor keeps serving the current one
+            self.report({"event": "failed", "error": str(exc)}, generation=generation)
+            raise ProtocolError(str(exc)) from exc
         self.generation, self.step = generation, version
         self._seen.clear()
-        self.on_start(version)
         self.report({"event": "ready", "generation": generation, "version": version})
-        pending, self._future = self._future, []
+        pending, self._future, self._future_bytes = self._future, [], 0
         for queued in pending:
             try:
                 self._dispatch(queued)
@@ -122,9 +139,10 @@ class Actor(ABC):
         self.broker.publish_many(queues, body)
         self.stats["out"] += len(queues)
 
-    def report(self, data: dict) -> None:
-        """Send a JSON event to the driver."""
-        body = codec.encode(codec.REPORT, self.topo.run_tag, self.generation or 0, self.step,
+    def report(self, data: dict, generation: int | None = None) -> None:
+        """Send a JSON event to the driver (about `generation`, by default the current one)."""
+        gen = (self.generation or 0) if generation is None else generation
+        body = codec.encode(codec.REPORT, self.topo.run_tag, gen, self.step,
                             source=(self.layer, self.index), data={**data, "actor": self.name})
         self.broker.publish(self.driver_queue, body)
         self.stats["out"] += 1
@@ -138,7 +156,7 @@ class Actor(ABC):
 
     @abstractmethod
     def on_start(self, version: int) -> None:
-        """Reset per-generation state and load checkpoint `version`."""
+        """Load checkpoint `version` and reset per-generation state; raise CheckpointMissing changing nothing."""
 
     @abstractmethod
     def on_data(self, msg: codec.Message) -> None:
@@ -147,3 +165,7 @@ class Actor(ABC):
     @abstractmethod
     def progress(self) -> None:
         """Do every computation whose inputs are complete."""
+
+
+def _bounded(value: object, limit: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= limit

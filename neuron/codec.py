@@ -141,7 +141,7 @@ def _decode_json(payload: bytes, code: int, ndim: int) -> dict:
         raise OversizedMessage(f"JSON payload of {len(payload)} bytes exceeds {MAX_JSON}")
     try:
         data = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise MalformedMessage(f"bad JSON payload: {exc}") from exc
     if not isinstance(data, dict):
         raise MalformedMessage("JSON payload is not an object")

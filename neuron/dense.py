@@ -6,7 +6,7 @@ import numpy as np
 from broker.base import Broker
 from neuron import codec
 from neuron.actor import Actor
-from neuron.errors import CheckpointMissing, ProtocolError
+from neuron.errors import CheckpointMissing, ProtocolError, TrainingDiverged
 from neuron.kernels import activation_grad, dense_backward_input, dense_backward_params, dense_forward
 from neuron.optim import apply_update, state_names
 from neuron.topology import Topology
@@ -43,12 +43,12 @@ class DenseNeuron(Actor):
 
     def on_start(self, version: int) -> None:
         """Load rows [start, stop) of the committed checkpoint `version` (any earlier split works)."""
-        self._reset()
         a, b = self.rows
         try:
             arrays = self.checkpoints.read_rows(version, self.layer, a, b, ("W", "b", *self.state_names))
         except CheckpointError as exc:
             raise CheckpointMissing(f"{self.name}: cannot load checkpoint {version}: {exc}") from exc
+        self._reset()
         dtype = self.topo.np_dtype
         self.params = {k: np.array(arrays[k], dtype=dtype) for k in ("W", "b")}
         self.opt_state = {k: np.array(arrays[k], dtype=dtype) for k in self.state_names}
@@ -76,8 +76,8 @@ class DenseNeuron(Actor):
 
     def _check_step_meta(self, msg: codec.Message) -> None:
         meta = (msg.nmicro, msg.flags & codec.CHECKPOINT)
-        if not msg.micro < msg.nmicro:
-            raise ProtocolError(f"micro-batch {msg.micro} of {msg.nmicro}")
+        if not (1 <= msg.nmicro <= self.topo.micro_batches and msg.micro < msg.nmicro):
+            raise ProtocolError(f"micro-batch {msg.micro} of {msg.nmicro} (at most {self.topo.micro_batches})")
         known = self._meta.setdefault(msg.step, meta)
         if known != meta:
             raise ProtocolError(f"step {msg.step} announced as {known}, now as {meta}")
@@ -103,6 +103,7 @@ class DenseNeuron(Actor):
         evaluating, step, micro = key
         x = parts[0] if len(parts) == 1 else np.concatenate([parts[s] for s in range(len(parts))], axis=1)  # (n, f)
         z, a = dense_forward(x, self.params["W"], self.params["b"], self.activation)  # (n, u), (n, u)
+        _check_finite(a, self.name, "activations", step)
         if evaluating:
             self.send(self.next_queues, codec.ACT, step, micro=micro, flags=codec.EVAL, array=a)
             return
@@ -118,6 +119,7 @@ class DenseNeuron(Actor):
         grad_z = activation_grad(z, a, grad_a, self.activation)  # (n, u)
         if self.prev_queues:
             grad_x = dense_backward_input(grad_z, self.params["W"])  # (n, f)
+            _check_finite(grad_x, self.name, "gradients", self.step)
             for s, (c0, c1) in enumerate(self.prev_splits):
                 self.send([self.prev_queues[s]], codec.GRAD, self.step, micro=micro, array=grad_x[:, c0:c1])
         # parameter gradients now, while the previous layer works on grad_x, not all at the step's end
@@ -147,3 +149,9 @@ class DenseNeuron(Actor):
         a, b = self.rows
         self.checkpoints.write_slice(self.step, self.layer, a, b, {**self.params, **self.opt_state})
         self.report({"event": "checkpoint", "version": self.step, "layer": self.layer, "rows": [a, b]})
+
+
+def _check_finite(array: np.ndarray, name: str, what: str, step: int) -> None:
+    # peers reject non-finite values as hostile, so a diverging run must end here, loudly
+    if not np.isfinite(array).all():
+        raise TrainingDiverged(f"training diverged: {name} computed non-finite {what} at step {step}")

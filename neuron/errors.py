@@ -36,3 +36,7 @@ class ProtocolError(NeuronError):
 
 class CheckpointMissing(NeuronError):
     """The neuron was told to load a checkpoint the store does not have."""
+
+
+class TrainingDiverged(NeuronError):
+    """A neuron computed NaN or infinity: the run cannot go on (lower the learning rate)."""

@@ -6,7 +6,7 @@ import numpy as np
 from broker.base import Broker
 from neuron import codec
 from neuron.actor import Actor
-from neuron.errors import ProtocolError
+from neuron.errors import ProtocolError, TrainingDiverged
 from neuron.kernels import softmax_cross_entropy
 from neuron.topology import Topology, micro_sizes
 
@@ -33,7 +33,7 @@ class LossHead(Actor):
         """Buffer a logits part or a step's labels."""
         if msg.kind == codec.LABELS:
             labels = msg.array
-            if not msg.nmicro or labels.shape[0] < msg.nmicro:
+            if not 1 <= msg.nmicro <= self.topo.micro_batches or labels.shape[0] < msg.nmicro:
                 raise ProtocolError(f"{labels.shape[0]} labels cannot make {msg.nmicro} micro-batches")
             if labels.min() < 0 or labels.max() >= self.topo.sizes[-1]:
                 raise ProtocolError(f"labels outside 0..{self.topo.sizes[-1] - 1}")
@@ -69,6 +69,8 @@ class LossHead(Actor):
             raise ProtocolError(f"logits of step {step} micro {micro} do not match its labels")
         y = labels[offsets[micro]:offsets[micro + 1]]  # (m,)
         loss_sum, grad, pred = softmax_cross_entropy(logits, y, labels.shape[0])  # (), (m, c), (m,)
+        if not np.isfinite(loss_sum):
+            raise TrainingDiverged(f"training diverged: the loss of step {step} is not finite")
         for s, (a, b) in enumerate(self.out_splits):
             self.send([self.out_queues[s]], codec.GRAD, step, micro=micro, array=grad[:, a:b])
         acc = self._loss.setdefault(step, [0.0, 0, 0])
@@ -79,5 +81,6 @@ class LossHead(Actor):
             del self._loss[step], self._labels[step]
             self.step = step + 1
             self.forget_before(self.step)
+            self._logits = {k: v for k, v in self._logits.items() if k[1] >= self.step}
             self.report({"event": "loss", "step": step, "loss": acc[0] / labels.shape[0],
                          "correct": acc[1], "samples": int(labels.shape[0])})

@@ -4,8 +4,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import sys
+from urllib.parse import urlsplit
 
+from broker import BACKENDS as BROKERS
 from broker.errors import BrokerError
 from neuron.errors import NeuronError
 from orchestrator.config import Config, load_config
@@ -16,7 +19,9 @@ from orchestrator.model import load_model, model_sizes, save_model
 from orchestrator.plan import build_plan, format_plan
 from orchestrator.progress import Progress
 from orchestrator.reference import accuracy, predict
+from neuron.topology import RUN_ID
 from orchestrator.runner import make_schedule, new_run_id, train_run
+from paramstore import BACKENDS as STORES
 from paramstore.errors import StoreError
 
 EXIT_USAGE = 2
@@ -71,12 +76,26 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
-    config = _config(args)
+def _check_train_args(args: argparse.Namespace, config: Config) -> None:
     if args.resume and not args.run_id:
         raise ConfigError("--resume", "needs --run-id of the run to continue")
+    if args.resume and args.init:
+        raise ConfigError("--init", "cannot be combined with --resume (the run's checkpoint has the weights)")
     if args.max_steps is not None and args.max_steps < 1:
         raise ConfigError("--max-steps", "must be at least 1")
+    if args.run_id and not RUN_ID.match(args.run_id) or args.run_id in (".", ".."):
+        raise ConfigError("--run-id", f"must be 1-64 of A-Z a-z 0-9 _ . - (got {args.run_id!r})")
+    for flag, path in (("--save-model", args.save_model), ("--metrics", args.metrics)):
+        if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+            raise ConfigError(flag, f"folder of {path} does not exist")
+    for key, url, known in (("broker", config.broker, BROKERS), ("paramstore", config.paramstore, STORES)):
+        if urlsplit(url).scheme not in known:
+            raise ConfigError(key, f"unknown URL scheme in {url!r}; known: {', '.join(s + '://' for s in known)}")
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    config = _config(args)
+    _check_train_args(args, config)
     train = load_mnist("train", args.data)
     test = load_mnist("test", args.data)
     initial = None
@@ -136,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"orchestrator: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except (OrchestratorError, BrokerError, StoreError, NeuronError) as exc:
+        print(f"orchestrator: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
         print(f"orchestrator: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

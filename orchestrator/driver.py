@@ -62,13 +62,18 @@ class Driver:
         self._ckpt_reports: dict[int, set[str]] = {}
         self._committed = -1
         self._preds: dict[int, np.ndarray] = {}
+        self._expected_preds: dict[int, int] = {}  # micro -> rows of the evaluation under way
         self._last_message = time.monotonic()
 
     # -- set-up -----------------------------------------------------------------------------------
     def declare(self) -> None:
-        """Create every queue of the run, each dead-lettering to the run's dead-letter queue."""
+        """Create every queue of the run, each dead-lettering to the run's dead-letter queue, and empty them.
+
+        Whatever an earlier driver of the run left there belongs to a generation that is over.
+        """
         for queue in self.topo.all_queues():
             self.broker.declare(queue, dead_letter=self.topo.dead_letter_queue)
+            self.broker.purge(queue)
 
     def initialize(self, params: Params, info: dict) -> None:
         """Store `params` (with zero optimizer state) as committed checkpoint 0 of a new run."""
@@ -109,13 +114,20 @@ class Driver:
         except CodecError as exc:
             self.broker.reject(delivery, f"{type(exc).__name__}: {exc}")
             return
+        current = msg.generation == self.generation
+        if current and msg.kind == codec.PRED and self._expected_preds.get(msg.micro) != msg.array.shape[0]:
+            self.broker.reject(delivery, f"unexpected predictions for micro-batch {msg.micro}")
+            return
         self.broker.ack(delivery)
-        if msg.generation != self.generation:
+        if not current:
             return
         if msg.kind == codec.PRED:
             self._preds[msg.micro] = msg.array
             return
-        self._on_report(msg.data)
+        try:
+            self._on_report(msg.data)
+        except (KeyError, TypeError, ValueError) as exc:
+            log.warning("driver ignored a malformed report %r: %s", msg.data, exc)
 
     def _on_report(self, data: dict) -> None:
         event, actor = data.get("event"), str(data.get("actor"))
@@ -124,9 +136,15 @@ class Driver:
         if event == "ready":
             self._ready.add(actor)
         elif event == "loss":
-            self._losses[int(data["step"])] = data
+            step, loss, samples = data["step"], float(data["loss"]), data["samples"]
+            if not (isinstance(step, int) and isinstance(samples, int)):
+                raise TypeError("step and samples must be integers")
+            self._losses[step] = {"loss": loss, "samples": samples}
         elif event == "checkpoint":
-            self._ckpt_reports.setdefault(int(data["version"]), set()).add(actor)
+            version = data["version"]
+            if not isinstance(version, int) or actor not in self.actors:
+                raise TypeError("checkpoint report needs an integer version and a known actor")
+            self._ckpt_reports.setdefault(version, set()).add(actor)
 
     def _wait(self, done: Callable[[], bool], what: str) -> None:
         self._last_message = time.monotonic()
@@ -156,7 +174,7 @@ class Driver:
 
     def stop(self) -> None:
         """Tell every actor to exit."""
-        self._control({"op": "stop"})
+        self._control({"op": "stop", "generation": self.generation})
 
     def train(self, train: Dataset, test: Dataset | None, schedule: Schedule, start: int) -> TrainResult:
         """Train from committed checkpoint `start` to the schedule's end; the generation must be started."""
@@ -225,12 +243,14 @@ class Driver:
         self._preds.clear()
         for micro, start in enumerate(range(0, x.shape[0], chunk)):
             spans.append((start, min(start + chunk, x.shape[0])))
+            self._expected_preds[micro] = spans[-1][1] - start
             body = codec.encode(codec.ACT, self.topo.run_tag, self.generation, version, micro=micro,
                                 flags=codec.EVAL, array=x[start:start + chunk])
             self.broker.publish_many(first, body)
         self._wait(lambda: len(self._preds) == len(spans), f"predictions of checkpoint {version}")
         correct = sum(int((self._preds[m] == test.labels[a:b]).sum()) for m, (a, b) in enumerate(spans))
         self._preds.clear()
+        self._expected_preds.clear()
         return correct / x.shape[0]
 
     def read_params(self, version: int) -> Params:

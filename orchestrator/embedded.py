@@ -49,7 +49,7 @@ class ThreadedActors:
         for name, exc in self._errors.items():
             raise TrainingError(f"neuron {name} crashed: {type(exc).__name__}: {exc}")
         for actor, thread in zip(self.actors, self._threads):
-            if not thread.is_alive() and not self._stop.is_set() and actor.running:
+            if not thread.is_alive() and not self._stop.is_set():
                 raise TrainingError(f"neuron {actor.name} exited unexpectedly")
 
     def stop(self, timeout: float = 10.0) -> None:

@@ -79,6 +79,8 @@ def train_run(
                 raise TrainingError(f"nothing to resume: run {run_id!r} has no committed checkpoint in {config.paramstore}")
             _check_resumable(manifest, topo, schedule)
             version, generation = int(manifest["latest"]), int(manifest.get("generation", 0)) + 1
+            if version >= schedule.total_steps:
+                raise TrainingError(f"run {run_id!r} is already at step {version} of {schedule.total_steps}")
         else:
             version, generation = 0, 1
             driver.generation = generation
@@ -89,8 +91,6 @@ def train_run(
                          "seed": schedule.seed, "shuffle": schedule.shuffle, "max_steps": schedule.max_steps}
         checkpoints.update_manifest(generation=generation, status="running", topology=topo.to_dict(),
                                     schedule=schedule_info)
-        if version >= schedule.total_steps:
-            raise TrainingError(f"run {run_id!r} is already at step {version} of {schedule.total_steps}")
         with threaded_actors(topo, broker, checkpoints) as group:
             driver.options.liveness = group.check
             driver.start_generation(generation, version)

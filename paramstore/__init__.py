@@ -50,6 +50,8 @@ def open_store(url: str) -> Store:
     try:
         mod = importlib.import_module(module)
     except ModuleNotFoundError as exc:
+        if exc.name == module:
+            raise StoreError(f"the {scheme}:// store is not part of this version of cuttlefish") from exc
         top = (exc.name or "").partition(".")[0]
         if extra is None or top not in EXTRA_PACKAGES[extra]:
             raise

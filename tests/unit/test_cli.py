@@ -75,19 +75,35 @@ def test_init_and_resume_through_the_cli(mnist_dir, tmp_path, capsys):
     rng = np.random.default_rng(0)
     save_model(init, [(rng.normal(0, 0.05, (32, 784)), np.zeros(32)), (rng.normal(0, 0.2, (16, 32)), np.zeros(16)),
                       (rng.normal(0, 0.2, (10, 16)), np.zeros(10))])
-    common = [TINY, "--data", str(mnist_dir), "--init", str(init), "--quiet", "--store", store]
+    base = [TINY, "--data", str(mnist_dir), "--quiet", "--store", store]
+    common = [*base, "--init", str(init)]
     assert main(["train", *common, "--max-steps", "30", "--run-id", "a", "--save-model", str(tmp_path / "a.npz")]) == 0
     assert main(["train", *common, "--max-steps", "13", "--run-id", "b"]) == 0
-    assert main(["train", *common, "--max-steps", "30", "--run-id", "b", "--resume",
+    assert main(["train", *common, "--max-steps", "30", "--run-id", "b", "--resume"]) == 2
+    assert main(["train", *base, "--max-steps", "30", "--run-id", "b", "--resume",
                  "--save-model", str(tmp_path / "b.npz")]) == 0
     for (wa, ba), (wb, bb) in zip(load_model(tmp_path / "a.npz"), load_model(tmp_path / "b.npz")):
         assert np.array_equal(wa, wb) and np.array_equal(ba, bb)
     capsys.readouterr()
     assert main(["train", *common, "--max-steps", "30", "--run-id", "a"]) == 1
     assert "already exists" in capsys.readouterr().err
-    assert main(["train", *common, "--run-id", "nope", "--resume"]) == 1
+    assert main(["train", *base, "--run-id", "nope", "--resume"]) == 1
     assert "nothing to resume" in capsys.readouterr().err
+    assert main(["train", *base, "--max-steps", "30", "--run-id", "b", "--resume"]) == 1
+    assert "already at step 30" in capsys.readouterr().err
     assert main(["train", TINY, "--resume"]) == 2
+
+
+@pytest.mark.parametrize("extra, where", [
+    (["--run-id", "a/b"], "--run-id"),
+    (["--save-model", "/nonexistent/dir/m.npz"], "--save-model"),
+    (["--metrics", "/nonexistent/dir/m.jsonl"], "--metrics"),
+    (["--broker", "kafka://x"], "broker: unknown URL scheme"),
+    (["--store", "s3://bucket"], "paramstore: unknown URL scheme"),
+])
+def test_bad_train_arguments_exit_2_before_training(capsys, extra, where):
+    assert main(["train", TINY, "--data", "/nonexistent", *extra]) == 2
+    assert f"config error: {where}" in capsys.readouterr().err
 
 
 def test_bad_model_file_is_a_clear_error(tmp_path, capsys):

@@ -4,14 +4,17 @@ from __future__ import annotations
 import pickle
 
 import numpy as np
+import pytest
 
 from broker import connect
 from neuron import codec
 from neuron.topology import Topology
 from orchestrator.config import parse_config
 from orchestrator.driver import DriverOptions
+from orchestrator.errors import TrainingError
 from orchestrator.plan import build_plan
 from orchestrator.runner import train_run
+from paramstore import open_store
 
 CONFIG = parse_config("""
 neural_network:
@@ -73,3 +76,57 @@ def test_hostile_messages_change_nothing(small_mnist):
         dead.append(d.reason)
     assert len(dead) == 11
     assert any("ForeignMessage" in r for r in dead) and any("NonFiniteValues" in r for r in dead)
+
+
+def test_hostile_control_messages_are_rejected_not_fatal(small_mnist):
+    train, test = small_mnist
+    clean = train_run(CONFIG, train, test, run_id="hostile", max_steps=12)
+    broker = connect("memory://")
+    topo = build_plan(CONFIG, "hostile")
+    tag = topo.run_tag
+    bodies = [
+        codec.HEADER.pack(codec.MAGIC, codec.VERSION, codec.CONTROL, 0, 0, 0, tag, 1, 0, 0, 0, 0, 0) + b"[" * 50000,
+        codec.encode(codec.CONTROL, tag, 1, 0, data={"op": "start", "generation": 2 ** 40, "version": 0}),
+        codec.encode(codec.CONTROL, tag, 1, 0, data={"op": "start", "generation": 7, "version": 999}),  # no such checkpoint
+        codec.encode(codec.CONTROL, tag, 1, 0, data={"op": "stop", "generation": 0}),  # an old generation's stop
+        codec.encode(codec.ACT, tag, 1, 9, source=(0, 0), nmicro=2 ** 31, array=np.zeros((20, 784))),
+    ]
+
+    def inject(step, loss, samples):
+        if step == 3:
+            for body in bodies:
+                broker.publish(topo.queue(1, 0), body)
+
+    attacked = train_run(CONFIG, train, test, run_id="hostile", max_steps=12, broker=broker,
+                         options=DriverOptions(on_step=inject))
+    for (wa, ba), (wb, bb) in zip(clean.params, attacked.params):
+        assert np.array_equal(wa, wb) and np.array_equal(ba, bb)
+    assert attacked.actor_stats["L1.0"]["rejected"] == 4
+
+
+def test_leftover_messages_do_not_break_the_next_run(small_mnist):
+    train, test = small_mnist
+    broker, store = connect("memory://"), open_store("memory://")
+
+    class Stop(Exception):
+        pass
+
+    def interrupt(step, loss, samples):
+        if step == 7:
+            raise Stop()
+
+    with pytest.raises(Stop):
+        train_run(CONFIG, train, test, run_id="again", max_steps=15, broker=broker, store=store,
+                  options=DriverOptions(on_step=interrupt))
+    resumed = train_run(CONFIG, train, test, run_id="again", max_steps=15, resume=True, broker=broker, store=store,
+                        options=DriverOptions(stall_timeout=20))
+    clean = train_run(CONFIG, train, test, run_id="again", max_steps=15)
+    for (wa, ba), (wb, bb) in zip(clean.params, resumed.params):
+        assert np.array_equal(wa, wb) and np.array_equal(ba, bb)
+
+
+def test_a_diverging_run_ends_at_once_with_a_clear_error(small_mnist):
+    train, test = small_mnist
+    with pytest.raises(TrainingError, match="diverged"):
+        train_run(CONFIG.with_training(learning_rate=1e25, dtype="float32"), train, test, run_id="boom", max_steps=15,
+                  options=DriverOptions(stall_timeout=30))
