@@ -208,8 +208,11 @@ class Driver:
                 if opts.on_epoch is not None:
                     opts.on_epoch(epoch, accuracy)
             self._report_losses(opts)
-        self._wait(lambda: (self._commit_ready(info) or True) and self._committed >= total,
-                   f"the final checkpoint {total}")
+        def final_committed() -> bool:
+            self._commit_ready(info)
+            return self._committed >= total
+
+        self._wait(final_committed, f"the final checkpoint {total}")
         self._report_losses(opts)
         params = self.read_params(total)
         self.checkpoints.update_manifest(status="done", test_accuracy=accuracy)
