@@ -64,6 +64,10 @@ class Store(ABC):
     def close(self) -> None:
         """Release resources; the store is unusable afterwards."""
 
+    def get_many(self, keys) -> list[bytes | None]:
+        """The values of `keys`, in order (backends with a multi-get override this)."""
+        return [self.get(k) for k in keys]
+
     def __enter__(self) -> Store:
         return self
 
@@ -129,8 +133,7 @@ class Store(ABC):
 
     def put_json(self, key: str, obj: object) -> None:
         """Store `obj` as compact UTF-8 JSON (NaN and infinity refused with ValueError)."""
-        data = json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False, default=_numpy_scalar)
-        self.put(key, data.encode("utf-8"))
+        self.put(key, dumps_json(obj))
 
     def get_json(self, key: str) -> object | None:
         """The JSON value at `key`, None if missing, CorruptValue if it is not valid JSON."""
@@ -207,10 +210,9 @@ class Store(ABC):
         tail = shape[1:]
         row_bytes = dtype.itemsize * math.prod(tail)
         out = np.empty((stop - start, *tail), dtype=dtype.newbyteorder("="))
-        for i, (a, b) in enumerate(chunks):
-            if b <= start or a >= stop:
-                continue
-            data = self.get(f"{key}/c{i}")
+        wanted = [(i, a, b) for i, (a, b) in enumerate(chunks) if a < stop and b > start]
+        values = self.get_many([f"{key}/c{i}" for i, _, _ in wanted])
+        for (i, a, b), data in zip(wanted, values):
             if data is None:
                 raise CorruptValue(f"chunk {i} of {key!r} is missing")
             if len(data) != (b - a) * row_bytes:
@@ -221,6 +223,11 @@ class Store(ABC):
         if dtype.kind == "f" and not np.isfinite(out).all():
             raise CorruptValue(f"non-finite values in rows [{start}, {stop}) of {key!r}")
         return out
+
+
+def dumps_json(obj: object) -> bytes:
+    """`obj` as the compact, sorted UTF-8 JSON that put_json stores (NaN and infinity refused)."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False, default=_numpy_scalar).encode("utf-8")
 
 
 def _numpy_scalar(obj: object) -> object:

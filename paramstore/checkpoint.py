@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from paramstore.base import ARRAY_DTYPES, DEFAULT_CHUNK_BYTES, Store
+from paramstore.base import ARRAY_DTYPES, DEFAULT_CHUNK_BYTES, Store, dumps_json
 from paramstore.errors import CheckpointError, CorruptValue, InvalidKey, MissingKey
 
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -54,6 +54,11 @@ class Checkpoints:
     def manifest_key(self) -> str:
         """Key of this run's manifest."""
         return f"cuttlefish/{self.run_id}/manifest"
+
+    @property
+    def latest_key(self) -> str:
+        """Key of the latest committed version (decimal text), switched together with the manifest."""
+        return f"cuttlefish/{self.run_id}/latest"
 
     def version_prefix(self, version: int) -> str:
         """Prefix of every key of checkpoint `version` (ends with '/')."""
@@ -119,7 +124,8 @@ class Checkpoints:
             manifest["checkpoints"][str(version)] = {"layers": layers, "arrays": arrays, "info": info}
             manifest["latest"] = version
             manifest.setdefault("state", {}).update(info)
-            self.store.put_json(self.manifest_key, manifest)
+            # the manifest and the latest pointer switch together, after every slice was written
+            self.store.put_many({self.manifest_key: dumps_json(manifest), self.latest_key: str(version).encode()})
             return manifest
 
     def update_manifest(self, **fields: object) -> dict:

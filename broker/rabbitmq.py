@@ -1,0 +1,334 @@
+"""`amqp://` and `amqps://`: RabbitMQ through pika, with the connection owned by one I/O thread.
+
+pika's connections are not thread-safe and only answer heartbeats while something calls into them, so
+one background thread owns the connection and keeps it serviced whatever the caller computes; callers
+hand it work through a queue. The I/O thread reconnects with backoff and restores the declared queues
+and consumers; deliveries taken before a reconnect are never acked (RabbitMQ delivers them again).
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import queue as _queue
+import threading
+import time
+from concurrent.futures import Future
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import pika
+import pika.exceptions as pex
+
+from broker.base import Broker, Delivery
+from broker.errors import BrokerClosed, BrokerError, BrokerUnavailable, QueueNotDeclared, redact_url
+
+log = logging.getLogger(__name__)
+
+REASON_HEADER = "x-cuttlefish-reason"
+FIRST_QUEUE_HEADER = "x-first-death-queue"
+DEAD_LETTER_LIMIT = 1000  # as the memory broker: an unread dead-letter queue keeps only its newest letters
+_TRANSIENT = pika.BasicProperties(delivery_mode=1)
+# connection-level failures after which the I/O thread reconnects
+_CONNECTION_ERRORS = (pex.AMQPConnectionError, pex.ConnectionClosed, pex.StreamLostError, OSError)
+_STOP = object()
+
+
+def _exchanges(dead_letter: str) -> tuple[str, str]:
+    """The run's exchange and dead-letter exchange, named after its dead-letter queue `<prefix>.<name>`."""
+    prefix = dead_letter.rsplit(".", 1)[0]
+    return prefix, f"{prefix}.dlx"
+
+
+class RabbitBroker(Broker):
+    """A RabbitMQ connection: per-run direct exchange, durable queues, dead-lettering with reasons."""
+
+    def __init__(self, url: str, *, prefetch: int | None = None, heartbeat: int = 30,
+                 connect_timeout: float = 30.0, reconnect_timeout: float = 60.0, op_timeout: float = 60.0) -> None:
+        self.url = url
+        parts = urlsplit(url)
+        query = dict(parse_qsl(parts.query))
+        try:
+            self.prefetch = int(prefetch if prefetch is not None else query.pop("prefetch", 64))
+            query.setdefault("heartbeat", str(heartbeat))
+            query.setdefault("connection_attempts", "1")
+            self._params = pika.URLParameters(urlunsplit(parts._replace(query=urlencode(query))))
+        except (ValueError, TypeError) as exc:
+            raise BrokerError(f"bad broker URL {redact_url(url)!r}: {exc}") from None
+        if self.prefetch < 1:
+            raise BrokerError(f"bad broker URL {redact_url(url)!r}: prefetch must be at least 1")
+        self._connect_timeout, self._reconnect_timeout, self._op_timeout = connect_timeout, reconnect_timeout, op_timeout
+        self._ops: collections.deque = collections.deque()
+        self._inbox: dict[str, _queue.SimpleQueue] = {}
+        self._declared: dict[str, str | None] = {}
+        self._exchange: dict[str, str] = {}
+        self._consuming: set[str] = set()
+        self._dead_letters: set[str] = set()  # declared here as some queue's dead-letter queue
+        self._conn = None
+        self._channel = None
+        self._epoch = 0
+        self._error: BrokerError | None = None
+        self._closed = False
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="cuttlefish-amqp-io", daemon=True)
+        self._thread.start()
+        self._ready.wait()
+        if self._error is not None:
+            raise self._error
+
+    # -- the I/O thread -----------------------------------------------------------------------------
+    def _open(self, deadline: float) -> None:
+        delay, last = 0.2, None
+        while not self._closed:
+            try:
+                self._conn = pika.BlockingConnection(self._params)
+                self._channel = self._conn.channel()
+                self._restore()
+                return
+            except _CONNECTION_ERRORS + (pex.AMQPChannelError,) as exc:
+                last = exc
+                self._drop_connection()
+            if time.monotonic() + delay > deadline:
+                raise BrokerUnavailable(self.url, f"{type(last).__name__}: {last}" if last else "")
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    def _restore(self) -> None:
+        """Declare again what this broker declared, consume again what it consumed (after a reconnect)."""
+        self._epoch += 1
+        self._channel.basic_qos(prefetch_count=self.prefetch)
+        for queue, dead_letter in self._declared.items():
+            self._declare_on(queue, dead_letter)
+        for queue in self._consuming:
+            self._consume_on(queue)
+
+    def _drop_connection(self) -> None:
+        conn, self._conn, self._channel = self._conn, None, None
+        if conn is not None and conn.is_open:
+            try:
+                conn.close()
+            except _CONNECTION_ERRORS + (pex.AMQPError,):
+                pass
+
+    def _loop(self) -> None:
+        try:
+            self._open(time.monotonic() + self._connect_timeout)
+        except BrokerError as exc:
+            self._error = exc
+        self._ready.set()
+        while not self._closed and self._error is None:
+            try:
+                self._run_ops()
+                self._conn.process_data_events(time_limit=0.2)
+                self._run_ops()
+            except _CONNECTION_ERRORS as exc:
+                if self._closed:
+                    break
+                log.warning("lost the broker connection to %s (%s: %s); reconnecting",
+                            redact_url(self.url), type(exc).__name__, exc)
+                self._drop_connection()
+                try:
+                    self._open(time.monotonic() + self._reconnect_timeout)
+                except BrokerError as err:
+                    self._error = err
+        self._drop_connection()
+        self._fail_pending(self._error or BrokerClosed(redact_url(self.url)))
+
+    def _fail_pending(self, error: BrokerError) -> None:
+        while self._ops:
+            _, future = self._ops.popleft()
+            if future is not None and not future.done():
+                future.set_exception(error)
+        for inbox in list(self._inbox.values()):
+            inbox.put(_STOP)
+
+    def _run_ops(self) -> None:
+        while self._ops and self._channel is not None:
+            fn, future = self._ops[0]
+            try:
+                result = fn()
+            except pex.ChannelClosedByBroker as exc:
+                # the broker refused this operation (a missing queue, mismatched arguments); the others go on
+                self._ops.popleft()
+                if future is not None:
+                    future.set_exception(_translate(exc))
+                else:
+                    log.warning("the broker refused an operation: %s", exc)
+                self._channel = self._conn.channel()
+                self._restore()
+                continue
+            self._ops.popleft()
+            if future is not None:
+                future.set_result(result)
+
+    def _submit(self, fn, wait: bool):
+        if self._closed:
+            raise BrokerClosed(redact_url(self.url))
+        if self._error is not None:
+            raise self._error
+        future = Future() if wait else None
+        self._ops.append((fn, future))
+        conn = self._conn
+        if conn is not None:
+            try:
+                conn.add_callback_threadsafe(lambda: None)  # wakes the I/O thread at once
+            except (pex.AMQPError, RuntimeError, OSError):
+                pass  # the I/O thread is reconnecting and will run the operation afterwards
+        if future is None:
+            return None
+        try:
+            return future.result(timeout=self._op_timeout)
+        except TimeoutError:
+            raise BrokerUnavailable(self.url, f"no answer within {self._op_timeout:.0f} s") from None
+
+    # -- operations run on the I/O thread -------------------------------------------------------------
+    def _declare_on(self, queue: str, dead_letter: str | None) -> None:
+        ch = self._channel
+        args = {}
+        if dead_letter:
+            exchange, dlx = _exchanges(dead_letter)
+            ch.exchange_declare(exchange, "direct", durable=True)
+            ch.exchange_declare(dlx, "direct", durable=True)
+            ch.queue_declare(dead_letter, durable=True, arguments={"x-max-length": DEAD_LETTER_LIMIT})
+            ch.queue_bind(dead_letter, dlx, routing_key=dead_letter)
+            args = {"x-dead-letter-exchange": dlx, "x-dead-letter-routing-key": dead_letter}
+        elif queue in self._dead_letters:
+            args = {"x-max-length": DEAD_LETTER_LIMIT}  # declared again as itself: same arguments
+        ch.queue_declare(queue, durable=True, arguments=args)
+        if dead_letter:
+            ch.queue_bind(queue, exchange, routing_key=queue)
+            self._exchange[queue] = exchange
+
+    def _consume_on(self, queue: str) -> None:
+        epoch, inbox = self._epoch, self._inbox[queue]
+
+        def on_message(_ch, method, props, body) -> None:
+            headers = props.headers or {}
+            reason = headers.get(REASON_HEADER, b"")
+            inbox.put(Delivery(queue, body, tag=(epoch, method.delivery_tag), headers=headers,
+                               reason=reason.decode("utf-8", "replace") if isinstance(reason, bytes) else str(reason)))
+
+        self._channel.basic_consume(queue, on_message)
+
+    # -- the Broker interface -------------------------------------------------------------------------
+    def declare(self, queue: str, *, dead_letter: str | None = None) -> None:
+        """Create the durable `queue`, bound to its run's exchange, dead-lettering to `dead_letter`."""
+        def op() -> None:
+            self._declare_on(queue, dead_letter)
+            self._declared.setdefault(queue, dead_letter)
+            if dead_letter:
+                self._dead_letters.add(dead_letter)
+        self._submit(op, wait=True)
+
+    def publish(self, queue: str, body: bytes) -> None:
+        """Send `body` to `queue` through its run's exchange; returns before it is on the wire."""
+        self.publish_many((queue,), body)
+
+    def publish_many(self, queues, body: bytes) -> None:
+        """Send the same `body` to every queue of `queues`."""
+        body = bytes(body)
+        queues = list(queues)
+        for queue in queues:
+            if queue not in self._declared:
+                raise QueueNotDeclared(queue)
+        for queue in queues:
+            self._submit(lambda q=queue: self._channel.basic_publish(
+                self._exchange.get(q, ""), q, body, _TRANSIENT), wait=False)
+
+    def get(self, queue: str, timeout: float | None = None) -> Delivery | None:
+        """Take the next message of `queue` (consuming it from now on), waiting up to `timeout` seconds."""
+        if queue not in self._inbox:
+            self._inbox[queue] = _queue.SimpleQueue()
+
+            def op() -> None:
+                self._consuming.add(queue)
+                self._consume_on(queue)
+            try:
+                self._submit(op, wait=True)
+            except BrokerError:
+                self._inbox.pop(queue, None)
+                raise
+        inbox = self._inbox[queue]
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                item = inbox.get(timeout=left) if left != 0 else inbox.get_nowait()
+            except _queue.Empty:
+                return None
+            if item is _STOP:
+                inbox.put(_STOP)
+                raise self._error or BrokerClosed(redact_url(self.url))
+            if item.tag[0] == self._epoch:
+                return item
+            # taken before a reconnect: the broker delivers it again on the new connection
+
+    def _settle(self, delivery: Delivery, fn) -> None:
+        epoch, tag = delivery.tag
+        self._submit(lambda: fn(tag) if epoch == self._epoch else None, wait=False)
+
+    def ack(self, delivery: Delivery) -> None:
+        """Confirm `delivery`; it is gone for good."""
+        self._settle(delivery, lambda tag: self._channel.basic_ack(tag))
+
+    def reject(self, delivery: Delivery, reason: str) -> None:
+        """Dead-letter `delivery` with `reason` in a header (or drop it if its queue has none)."""
+        dead_letter = self._declared.get(delivery.queue)
+
+        def settle(tag: int) -> None:
+            if dead_letter:
+                headers = {REASON_HEADER: reason[:1000], FIRST_QUEUE_HEADER: delivery.queue}
+                self._channel.basic_publish(_exchanges(dead_letter)[1], dead_letter, delivery.body,
+                                            pika.BasicProperties(delivery_mode=1, headers=headers))
+                self._channel.basic_ack(tag)
+            else:
+                self._channel.basic_reject(tag, requeue=False)  # the queue's own dead-letter exchange, if any
+        self._settle(delivery, settle)
+
+    def depth(self, queue: str) -> int:
+        """Messages waiting in `queue` on the broker plus those fetched here and not yet taken."""
+        count = self._submit(lambda: self._channel.queue_declare(queue, passive=True).method.message_count, wait=True)
+        inbox = self._inbox.get(queue)
+        return count + (inbox.qsize() if inbox is not None else 0)
+
+    def purge(self, queue: str) -> int:
+        """Drop every waiting message of `queue`, here and on the broker."""
+        dropped = 0
+        inbox = self._inbox.get(queue)
+        while inbox is not None:
+            try:
+                item = inbox.get_nowait()
+            except _queue.Empty:
+                break
+            if item is _STOP:
+                inbox.put(_STOP)
+                break
+            self.ack(item)
+            dropped += 1
+        return dropped + self._submit(lambda: self._channel.queue_purge(queue).method.message_count, wait=True)
+
+    def delete(self, queue: str) -> None:
+        """Delete `queue` and its messages (missing is fine)."""
+        def op() -> None:
+            self._channel.queue_delete(queue)
+            self._declared.pop(queue, None)
+            self._exchange.pop(queue, None)
+            self._consuming.discard(queue)
+        self._submit(op, wait=True)
+        self._inbox.pop(queue, None)
+
+    def close(self) -> None:
+        """Flush what is queued, close the connection and stop the I/O thread."""
+        if self._closed:
+            return
+        if self._error is None and self._thread.is_alive():
+            try:
+                self._submit(lambda: None, wait=True)  # everything published before close() is sent
+            except BrokerError:
+                pass
+        self._closed = True
+        self._thread.join(timeout=10)
+
+
+def _translate(exc: pex.ChannelClosedByBroker) -> BrokerError:
+    if exc.reply_code == 404:
+        return QueueNotDeclared(exc.reply_text)
+    return BrokerError(f"the broker refused the operation: {exc.reply_code} {exc.reply_text}")
