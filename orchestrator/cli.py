@@ -9,7 +9,7 @@ import sys
 from urllib.parse import urlsplit
 
 from broker import BACKENDS as BROKERS
-from broker.errors import BrokerError
+from broker.errors import BrokerError, redact_url
 from neuron.errors import NeuronError
 from orchestrator.config import Config, load_config
 from orchestrator.data import load_images, load_mnist, to_inputs
@@ -20,7 +20,7 @@ from orchestrator.plan import build_plan, format_plan
 from orchestrator.progress import Progress
 from orchestrator.reference import accuracy, predict
 from neuron.topology import RUN_ID
-from orchestrator.runner import make_schedule, new_run_id, train_run
+from orchestrator.runner import TARGETS, make_schedule, new_run_id, train_run
 from paramstore import BACKENDS as STORES
 from paramstore.errors import StoreError
 
@@ -39,6 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--data", help="folder with the MNIST IDX files")
     train.add_argument("--epochs", type=int)
     train.add_argument("--max-steps", type=int, help="stop after this many steps in all")
+    train.add_argument("--target", choices=TARGETS, default="embedded",
+                       help="embedded: a thread per neuron; local: a supervised OS process per neuron")
     train.add_argument("--broker", help="broker URL (default: the config's, else memory://)")
     train.add_argument("--store", help="parameter store URL (default: the config's, else memory://)")
     train.add_argument("--run-id", help="name of the run in the store (default: a new one)")
@@ -90,7 +92,10 @@ def _check_train_args(args: argparse.Namespace, config: Config) -> None:
             raise ConfigError(flag, f"folder of {path} does not exist")
     for key, url, known in (("broker", config.broker, BROKERS), ("paramstore", config.paramstore, STORES)):
         if urlsplit(url).scheme not in known:
-            raise ConfigError(key, f"unknown URL scheme in {url!r}; known: {', '.join(s + '://' for s in known)}")
+            raise ConfigError(key, f"unknown URL scheme in {redact_url(url)!r}; known: {', '.join(s + '://' for s in known)}")
+        if args.target == "local" and urlsplit(url).scheme == "memory":
+            raise ConfigError(key, "--target local runs a process per neuron, which cannot share a memory:// "
+                                   f"{key}; give --{'store' if key == 'paramstore' else key} a service URL")
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -111,7 +116,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             print(f"run {run_id}: {'-'.join(map(str, config.network.sizes))}, {len(build_plan(config, run_id).neurons())} neurons, "
                   f"{schedule.total_steps} steps", file=sys.stderr)
         result = train_run(config, train, test, run_id=run_id, max_steps=args.max_steps, resume=args.resume,
-                           initial=initial, options=options)
+                           initial=initial, options=options, target=args.target)
     if args.save_model:
         save_model(args.save_model, result.params)
     if not args.quiet:

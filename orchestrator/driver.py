@@ -14,7 +14,7 @@ from neuron.errors import CodecError
 from neuron.optim import state_names
 from neuron.topology import Topology, micro_sizes
 from orchestrator.data import Dataset, to_inputs
-from orchestrator.errors import TrainingError
+from orchestrator.errors import NeuronLost, TrainingError
 from orchestrator.model import Params
 from orchestrator.schedule import Schedule
 from paramstore.checkpoint import Checkpoints
@@ -33,6 +33,7 @@ class TrainResult:
     seconds: float
     epoch_accuracy: dict[int, float] = field(default_factory=dict)
     actor_stats: dict[str, dict] = field(default_factory=dict)
+    recoveries: int = 0
 
 
 @dataclass
@@ -42,10 +43,11 @@ class DriverOptions:
     checkpoint_every: int = 100
     window: int = 2  # training steps in flight ahead of the last loss received
     stall_timeout: float = 120.0  # seconds without any message before the run is declared stuck
+    max_recoveries: int = 50  # new generations after lost neurons before the run gives up
     keep_checkpoints: int = 2
     on_step: Callable[[int, float, int], None] | None = None  # (step, loss, samples)
     on_epoch: Callable[[int, float], None] | None = None  # (epoch, test accuracy)
-    liveness: Callable[[], None] | None = None  # raises if an actor died
+    liveness: Callable[[], None] | None = None  # raises NeuronLost (recoverable) or TrainingError if an actor died
 
 
 class Driver:
@@ -64,6 +66,10 @@ class Driver:
         self._preds: dict[int, np.ndarray] = {}
         self._expected_preds: dict[int, int] = {}  # micro -> rows of the evaluation under way
         self._last_message = time.monotonic()
+        self._starting = False
+        self._sent: dict[int, int] = {}  # step -> samples, over every generation
+        self.epoch_accuracy: dict[int, float] = {}
+        self.recoveries = 0
 
     # -- set-up -----------------------------------------------------------------------------------
     def declare(self) -> None:
@@ -106,13 +112,21 @@ class Driver:
             if self.options.liveness is not None:
                 self.options.liveness()
             if time.monotonic() - self._last_message > self.options.stall_timeout:
-                raise TrainingError(f"no message from any neuron for {self.options.stall_timeout:.0f} s")
+                silent = f"no message from any neuron for {self.options.stall_timeout:.0f} s"
+                if self._starting:
+                    missing = sorted(set(self.actors) - self._ready)
+                    raise TrainingError(f"{silent}; not ready: {', '.join(missing)}")
+                raise NeuronLost(silent)  # a message lost with a broker connection: replay the steps
             return
         self._last_message = time.monotonic()
         try:
             msg = codec.decode(delivery.body, self.schema)
         except CodecError as exc:
             self.broker.reject(delivery, f"{type(exc).__name__}: {exc}")
+            return
+        if msg.kind == codec.REPORT and isinstance(msg.data, dict) and msg.data.get("event") == "hello":
+            self.broker.ack(delivery)
+            self._on_hello(str(msg.data.get("actor")))
             return
         current = msg.generation == self.generation
         if current and msg.kind == codec.PRED and self._expected_preds.get(msg.micro) != msg.array.shape[0]:
@@ -128,6 +142,11 @@ class Driver:
             self._on_report(msg.data)
         except (KeyError, TypeError, ValueError) as exc:
             log.warning("driver ignored a malformed report %r: %s", msg.data, exc)
+
+    def _on_hello(self, actor: str) -> None:
+        # A neuron that was ready has restarted and lost its state; one not ready yet will read the start.
+        if actor in self._ready:
+            raise NeuronLost(f"neuron {actor} restarted")
 
     def _on_report(self, data: dict) -> None:
         event, actor = data.get("event"), str(data.get("actor"))
@@ -152,7 +171,7 @@ class Driver:
             try:
                 self._pump(0.5)
             except TrainingError as exc:
-                raise TrainingError(f"{exc} (while waiting for {what})") from exc
+                raise type(exc)(f"{exc} (while waiting for {what})") from exc
 
     def _commit_ready(self, info: Callable[[int], dict]) -> None:
         neurons = len(self.actors) - 1
@@ -168,9 +187,41 @@ class Driver:
         self._ready.clear()
         self._losses.clear()
         self._preds.clear()
+        self._expected_preds.clear()
         self._ckpt_reports.clear()
+        self._committed = version
+        # a restarted driver must pick a generation above every one that ever ran
+        self.checkpoints.update_manifest(generation=generation)
         self._control({"op": "start", "generation": generation, "version": version})
-        self._wait(lambda: len(self._ready) == len(self.actors), "every neuron to load its checkpoint")
+        self._starting = True
+        try:
+            self._wait(lambda: len(self._ready) == len(self.actors), "every neuron to load its checkpoint")
+        finally:
+            self._starting = False
+
+    def run(self, train: Dataset, test: Dataset | None, schedule: Schedule, start: int, generation: int) -> TrainResult:
+        """Start `generation` from checkpoint `start` and train to the end, recovering from lost neurons.
+
+        A lost neuron ends the generation: the next one reloads the latest committed checkpoint in every
+        neuron and replays the same batches from there, so the final weights are those of an undisturbed run.
+        """
+        t0, version = time.monotonic(), start
+        while True:
+            try:
+                self.start_generation(generation, version)
+                result = self.train(train, test, schedule, version)
+                break
+            except NeuronLost as exc:
+                self.recoveries += 1
+                if self.recoveries > self.options.max_recoveries:
+                    raise TrainingError(f"gave up after {self.options.max_recoveries} recoveries: {exc}") from exc
+                version, generation = self.checkpoints.latest(), self.generation + 1
+                log.warning("%s; generation %d replays from checkpoint %d", exc, generation, version)
+        result.steps = schedule.total_steps - start
+        result.samples = sum(n for step, n in self._sent.items() if step >= start)
+        result.seconds = time.monotonic() - t0
+        result.recoveries = self.recoveries
+        return result
 
     def stop(self) -> None:
         """Tell every actor to exit."""
@@ -179,7 +230,6 @@ class Driver:
     def train(self, train: Dataset, test: Dataset | None, schedule: Schedule, start: int) -> TrainResult:
         """Train from committed checkpoint `start` to the schedule's end; the generation must be started."""
         t0, opts, samples = time.monotonic(), self.options, 0
-        accuracies: dict[int, float] = {}
         accuracy = None
         order, epoch = None, -1
         dtype = self.topo.dtype
@@ -200,11 +250,12 @@ class Driver:
             flags = codec.CHECKPOINT if (step + 1) % opts.checkpoint_every == 0 or last else 0
             self._send_step(step, to_inputs(train.images[idx], dtype), train.labels[idx], flags)
             samples += len(idx)
+            self._sent[step] = len(idx)
             if test is not None and (schedule.ends_epoch(step) or last):
                 self._wait(lambda: step in self._losses, f"the loss of step {step}")
                 self._report_losses(opts)
                 accuracy = self.evaluate(test, step + 1)
-                accuracies[epoch] = accuracy
+                self.epoch_accuracy[epoch] = accuracy
                 if opts.on_epoch is not None:
                     opts.on_epoch(epoch, accuracy)
             self._report_losses(opts)
@@ -216,7 +267,7 @@ class Driver:
         self._report_losses(opts)
         params = self.read_params(total)
         self.checkpoints.update_manifest(status="done", test_accuracy=accuracy)
-        return TrainResult(params, accuracy, total - start, samples, time.monotonic() - t0, accuracies)
+        return TrainResult(params, accuracy, total - start, samples, time.monotonic() - t0, dict(self.epoch_accuracy))
 
     def _report_losses(self, opts: DriverOptions) -> None:
         for step in sorted(s for s, d in self._losses.items() if not d.get("reported")):

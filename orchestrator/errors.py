@@ -7,6 +7,7 @@ __all__ = [
     "ConfigError",
     "DataError",
     "TrainingError",
+    "NeuronLost",
     "ModelFileError",
 ]
 
@@ -35,6 +36,10 @@ class DataError(OrchestratorError):
 
 class TrainingError(OrchestratorError):
     """A training run failed (a neuron died, a step timed out)."""
+
+
+class NeuronLost(TrainingError):
+    """A neuron died, restarted or went silent; the driver recovers by replaying from the last checkpoint."""
 
 
 class ModelFileError(OrchestratorError):

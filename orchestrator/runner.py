@@ -11,6 +11,7 @@ from orchestrator.config import Config
 from orchestrator.data import Dataset
 from orchestrator.driver import Driver, DriverOptions, TrainResult
 from orchestrator.embedded import threaded_actors
+from orchestrator.local import process_group
 from orchestrator.errors import TrainingError
 from orchestrator.model import Params, init_params
 from orchestrator.plan import build_plan
@@ -18,6 +19,9 @@ from orchestrator.schedule import Schedule
 from paramstore import open_store
 from paramstore.base import Store
 from paramstore.checkpoint import Checkpoints
+
+
+TARGETS = ("embedded", "local")
 
 
 def new_run_id() -> str:
@@ -57,12 +61,18 @@ def train_run(
     options: DriverOptions | None = None,
     broker: Broker | None = None,
     store: Store | None = None,
+    target: str = "embedded",
+    on_actors=None,
 ) -> TrainResult:
-    """Train `config` embedded (one thread per neuron) and return the final weights and accuracy.
+    """Train `config` and return the final weights and accuracy.
 
-    `broker` and `store` default to fresh connections to the config's URLs; pass shared instances to
-    reuse an in-memory store across runs (tests resume that way).
+    `target` "embedded" runs one thread per neuron in this process; "local" one OS process per neuron,
+    restarted when it dies (which needs a broker and store that processes share). `broker` and `store`
+    default to fresh connections to the config's URLs; pass shared instances to reuse an in-memory store
+    across runs (tests resume that way). `on_actors(group)` is called once the actors are up.
     """
+    if target not in TARGETS:
+        raise TrainingError(f"unknown target {target!r}; known: {', '.join(TARGETS)}")
     schedule = make_schedule(config, len(train), max_steps)
     topo = build_plan(config, run_id, schedule.steps_per_epoch)
     options = dataclasses.replace(options or DriverOptions(), checkpoint_every=config.training.checkpoint_every)
@@ -91,14 +101,18 @@ def train_run(
                          "seed": schedule.seed, "shuffle": schedule.shuffle, "max_steps": schedule.max_steps}
         checkpoints.update_manifest(generation=generation, status="running", topology=topo.to_dict(),
                                     schedule=schedule_info)
-        with threaded_actors(topo, broker, checkpoints) as group:
+        actors = (threaded_actors(topo, broker, checkpoints) if target == "embedded"
+                  else process_group(topo, config.broker, config.paramstore))
+        with actors as group:
             driver.options.liveness = group.check
-            driver.start_generation(generation, version)
+            if on_actors is not None:
+                on_actors(group)
             try:
-                result = driver.train(train, test, schedule, version)
+                result = driver.run(train, test, schedule, version, generation)
             finally:
                 driver.stop()
-        result.actor_stats = group.stats()
+        if target == "embedded":
+            result.actor_stats = group.stats()
         return result
     finally:
         if own_broker:

@@ -60,6 +60,27 @@ class Checkpoints:
         """Key of the latest committed version (decimal text), switched together with the manifest."""
         return f"cuttlefish/{self.run_id}/latest"
 
+    def heartbeat_key(self, actor: str) -> str:
+        """Key of `actor`'s heartbeat (a JSON status that expires when the actor stops beating)."""
+        return f"cuttlefish/{self.run_id}/hb/{_check_name(actor, 'actor name')}"
+
+    def beat(self, actor: str, status: Mapping, ttl: float) -> None:
+        """Record that `actor` is alive with `status`, for `ttl` seconds."""
+        self.store.put(self.heartbeat_key(actor), dumps_json(dict(status)), ttl=ttl)
+
+    def heartbeats(self) -> dict[str, dict]:
+        """Live heartbeats by actor name (expired and unreadable ones left out)."""
+        prefix = f"cuttlefish/{self.run_id}/hb/"
+        found = {}
+        for key in self.store.keys(prefix):
+            try:
+                status = self.store.get_json(key)
+            except CorruptValue:
+                continue
+            if isinstance(status, dict):
+                found[key[len(prefix):]] = status
+        return found
+
     def version_prefix(self, version: int) -> str:
         """Prefix of every key of checkpoint `version` (ends with '/')."""
         return f"cuttlefish/{self.run_id}/ckpt/{_check_int(version, 'version', _MAX_VERSION):010d}/"

@@ -1,0 +1,201 @@
+"""One neuron as an OS process (`python -m neuron`): connect, wait for the run, beat, serve until stopped.
+
+Everything comes from flags or the environment, so a container needs no arguments but its role:
+CUTTLEFISH_RUN_ID, CUTTLEFISH_LAYER (a number, or "head"), CUTTLEFISH_INDEX, CUTTLEFISH_BROKER,
+CUTTLEFISH_STORE, CUTTLEFISH_CONFIG (whose broker and store URLs are the defaults). The network's shape
+is read from the run's manifest, written by the driver, so every neuron of a run agrees with it.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from typing import Callable, TypeVar
+
+from threadpoolctl import threadpool_limits
+
+from broker import connect
+from broker.base import Broker
+from broker.errors import BrokerError, redact_url
+from neuron.actor import Actor
+from neuron.dense import DenseNeuron
+from neuron.errors import NeuronError
+from neuron.head import LossHead
+from neuron.topology import RUN_ID, Topology
+from paramstore import open_store
+from paramstore.checkpoint import Checkpoints
+from paramstore.errors import StoreError
+
+log = logging.getLogger("neuron")
+
+EXIT_USAGE = 2
+T = TypeVar("T")
+
+
+class UsageError(Exception):
+    """A flag or environment variable is missing or malformed."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    env = os.environ.get
+    p = argparse.ArgumentParser(prog="python -m neuron", description="Run one Cuttlefish neuron (or the loss head).")
+    p.add_argument("--run-id", default=env("CUTTLEFISH_RUN_ID"), help="the run to serve [CUTTLEFISH_RUN_ID]")
+    p.add_argument("--layer", default=env("CUTTLEFISH_LAYER"), help="layer number, or 'head' [CUTTLEFISH_LAYER]")
+    p.add_argument("--index", default=env("CUTTLEFISH_INDEX", "0"), help="shard index in the layer [CUTTLEFISH_INDEX]")
+    p.add_argument("--config", default=env("CUTTLEFISH_CONFIG"), help="YAML config; its broker and store are the defaults")
+    p.add_argument("--broker", default=env("CUTTLEFISH_BROKER"), help="broker URL [CUTTLEFISH_BROKER]")
+    p.add_argument("--store", default=env("CUTTLEFISH_STORE"), help="parameter store URL [CUTTLEFISH_STORE]")
+    p.add_argument("--wait", type=float, default=float(env("CUTTLEFISH_WAIT", "300")),
+                   help="seconds to wait for the broker, the store and the run's manifest")
+    p.add_argument("--heartbeat", type=float, default=1.0, help="seconds between heartbeats")
+    p.add_argument("--log-level", default=env("CUTTLEFISH_LOG_LEVEL", "INFO"))
+    return p
+
+
+def _retry(what: str, fn: Callable[[], T], deadline: float, errors: tuple) -> T:
+    """fn() until it succeeds or `deadline` passes (then its last error propagates)."""
+    delay = 0.5
+    while True:
+        try:
+            return fn()
+        except errors as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.info("waiting for %s: %s", what, exc)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def _settings(args: argparse.Namespace) -> tuple[str, int, int, str, str]:
+    if not args.run_id or not RUN_ID.match(args.run_id):
+        raise UsageError(f"--run-id (or CUTTLEFISH_RUN_ID) must be 1-64 of A-Z a-z 0-9 _ . - (got {args.run_id!r})")
+    if args.layer is None:
+        raise UsageError("--layer (or CUTTLEFISH_LAYER) is required: a layer number or 'head'")
+    try:
+        layer = -1 if args.layer == "head" else int(args.layer)
+        index = int(args.index)
+    except ValueError:
+        raise UsageError(f"--layer must be a number or 'head' and --index a number (got {args.layer!r}, {args.index!r})") from None
+    if layer == 0 or layer < -1 or index < 0:
+        raise UsageError(f"no neuron at layer {args.layer}, index {args.index}")
+    broker_url, store_url = args.broker, args.store
+    if args.config and not (broker_url and store_url):
+        from orchestrator.config import load_config  # the config is only read for its URLs
+        from orchestrator.errors import ConfigError
+        try:
+            config = load_config(args.config)
+        except ConfigError as exc:
+            raise UsageError(f"config error: {exc}") from None
+        broker_url, store_url = broker_url or config.broker, store_url or config.paramstore
+    if not broker_url or not store_url:
+        raise UsageError("a broker and a store URL are needed: --broker/--store, CUTTLEFISH_BROKER/STORE or --config")
+    return args.run_id, layer, index, broker_url, store_url
+
+
+def _topology(checkpoints: Checkpoints, deadline: float) -> Topology:
+    def read() -> Topology:
+        manifest = checkpoints.manifest()
+        if manifest is None or "topology" not in manifest:
+            raise LookupError(f"run {checkpoints.run_id} has no manifest yet")
+        return Topology.from_dict(manifest["topology"])
+    return _retry("the run's manifest", read, deadline, (LookupError, StoreError))
+
+
+def make_actor(topo: Topology, layer: int, index: int, broker: Broker, checkpoints: Checkpoints) -> Actor:
+    """The actor at (layer, index) of `topo`; layer -1 (or depth + 1) is the loss head."""
+    if layer in (-1, topo.head_layer):
+        return LossHead(topo, broker)
+    if not (1 <= layer <= topo.depth and 0 <= index < topo.shards[layer - 1]):
+        raise UsageError(f"the run has no neuron L{layer}.{index} (layers 1-{topo.depth}, shards {list(topo.shards)})")
+    return DenseNeuron(topo, layer, index, broker, checkpoints)
+
+
+class Heartbeat:
+    """A thread that records the actor's status in the store every `interval` seconds."""
+
+    def __init__(self, actor: Actor, checkpoints: Checkpoints, interval: float) -> None:
+        self.actor, self.checkpoints, self.interval = actor, checkpoints, interval
+        self.stop = threading.Event()
+        self.started = time.time()
+        self._thread = threading.Thread(target=self._run, name="cuttlefish-heartbeat", daemon=True)
+
+    def status(self) -> dict:
+        """What the heartbeat records: identity, generation, step, message counters, queue depth."""
+        a = self.actor
+        return {"actor": a.name, "pid": os.getpid(), "host": socket.gethostname(), "started": self.started,
+                "time": time.time(), "generation": a.generation, "step": a.step, "stats": dict(a.stats)}
+
+    def _run(self) -> None:
+        while not self.stop.wait(self.interval):
+            try:
+                self.checkpoints.beat(self.actor.name, self.status(), ttl=max(3 * self.interval, 2.0))
+            except StoreError as exc:  # a store outage must not kill the neuron; the driver notices the silence
+                log.warning("heartbeat of %s failed: %s", self.actor.name, exc)
+
+    def start(self) -> None:
+        """Beat once now, then every interval."""
+        self.checkpoints.beat(self.actor.name, self.status(), ttl=max(3 * self.interval, 2.0))
+        self._thread.start()
+
+
+def serve(run_id: str, layer: int, index: int, broker_url: str, store_url: str, *, wait: float = 300.0,
+          heartbeat: float = 1.0, stop: threading.Event | None = None) -> int:
+    """Connect, build the actor, announce it and handle messages until a stop; returns the exit status."""
+    deadline = time.monotonic() + wait
+    store = _retry(f"the store at {redact_url(store_url)}", lambda: open_store(store_url), deadline, (StoreError,))
+    broker = None
+    try:
+        broker = _retry(f"the broker at {redact_url(broker_url)}", lambda: connect(broker_url), deadline, (BrokerError,))
+        checkpoints = Checkpoints(store, run_id)
+        topo = _topology(checkpoints, deadline)
+        actor = make_actor(topo, layer, index, broker, checkpoints)
+        for queue in topo.all_queues():  # idempotent; a neuron may come up before the driver
+            broker.declare(queue, dead_letter=topo.dead_letter_queue)
+        beat = Heartbeat(actor, checkpoints, heartbeat)
+        beat.start()
+        actor.report({"event": "hello", "pid": os.getpid(), "host": socket.gethostname()})
+        log.info("%s of run %s serving %s", actor.name, run_id, actor.queue)
+        try:
+            with threadpool_limits(limits=1, user_api="blas"):
+                actor.run(stop)
+        except NeuronError as exc:  # e.g. divergence: the same data would fail again, so the run must end
+            log.exception("%s failed", actor.name)
+            actor.fail(exc)
+            return 1
+        except (BrokerError, StoreError) as exc:  # an outage: a restart and a new generation recover it
+            log.error("%s lost a service: %s", actor.name, exc)
+            return 1
+        finally:
+            beat.stop.set()
+        log.info("%s stopped: %s", actor.name, dict(actor.stats))
+        return 0
+    finally:
+        if broker is not None:
+            broker.close()
+        store.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one neuron; 0 when told to stop, 1 when it failed, 2 for bad flags or environment."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    stop = threading.Event()
+    # docker stop / compose down send SIGTERM: finish the message at hand and exit cleanly
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        run_id, layer, index, broker_url, store_url = _settings(args)
+        return serve(run_id, layer, index, broker_url, store_url, wait=args.wait, heartbeat=args.heartbeat, stop=stop)
+    except UsageError as exc:
+        print(f"neuron: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (BrokerError, StoreError, LookupError) as exc:
+        print(f"neuron: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

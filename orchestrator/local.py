@@ -1,0 +1,109 @@
+"""The local deployment: one OS process per neuron on this machine, supervised and restarted when one dies."""
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from typing import Iterator
+
+from neuron.topology import Topology
+from orchestrator.errors import NeuronLost, TrainingError
+
+log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _die_with_parent() -> None:
+    # A killed driver must not leave its neurons consuming the run's queues behind a resumed one.
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass  # not Linux: the neurons then outlive a killed driver until it is resumed or they are stopped
+
+
+class ProcessGroup:
+    """The neuron processes of one run (every neuron plus the loss head), each `python -m neuron`."""
+
+    def __init__(self, topo: Topology, broker_url: str, store_url: str, *, max_restarts: int = 50,
+                 log_level: str = "WARNING") -> None:
+        self.topo, self.broker_url, self.store_url = topo, broker_url, store_url
+        self.max_restarts, self.log_level = max_restarts, log_level
+        self.roles = {f"L{layer}.{index}": (str(layer), str(index)) for layer, index in topo.neurons()}
+        self.roles["head"] = ("head", "0")
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.restarts = 0
+        self._stopping = False
+
+    def _spawn(self, name: str) -> subprocess.Popen:
+        layer, index = self.roles[name]
+        env = dict(os.environ)
+        # URLs travel in the environment, never on a command line that `ps` shows to every user
+        env.update(CUTTLEFISH_RUN_ID=self.topo.run_id, CUTTLEFISH_LAYER=layer, CUTTLEFISH_INDEX=index,
+                   CUTTLEFISH_BROKER=self.broker_url, CUTTLEFISH_STORE=self.store_url,
+                   CUTTLEFISH_LOG_LEVEL=env.get("CUTTLEFISH_LOG_LEVEL", self.log_level),
+                   OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
+                   PYTHONPATH=os.pathsep.join(filter(None, (_ROOT, env.get("PYTHONPATH")))))
+        return subprocess.Popen([sys.executable, "-m", "neuron"], env=env, stdin=subprocess.DEVNULL,
+                                preexec_fn=_die_with_parent)
+
+    def start(self) -> None:
+        """Start every neuron process."""
+        for name in self.roles:
+            self.procs[name] = self._spawn(name)
+
+    def pids(self) -> dict[str, int]:
+        """Process id of each neuron."""
+        return {name: p.pid for name, p in self.procs.items()}
+
+    def check(self) -> None:
+        """Restart any neuron that exited; raise NeuronLost so the driver replays from its checkpoint."""
+        if self._stopping:
+            return
+        lost = []
+        for name, proc in self.procs.items():
+            status = proc.poll()
+            if status is None:
+                continue
+            self.restarts += 1
+            if self.restarts > self.max_restarts:
+                raise TrainingError(f"neuron {name} exited with status {status}; "
+                                    f"{self.max_restarts} restarts used up")
+            log.warning("neuron %s exited with status %s; restarting it", name, status)
+            self.procs[name] = self._spawn(name)
+            lost.append(f"{name} (status {status})")
+        if lost:
+            raise NeuronLost(f"neuron process {', '.join(lost)} died and was restarted")
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Wait for the neurons to exit after the driver's stop message, then terminate what is left."""
+        self._stopping = True
+        deadline = time.monotonic() + timeout
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.terminate()
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@contextmanager
+def process_group(topo: Topology, broker_url: str, store_url: str) -> Iterator[ProcessGroup]:
+    """Run one process per neuron of `topo` for the duration of the block."""
+    group = ProcessGroup(topo, broker_url, store_url)
+    group.start()
+    try:
+        yield group
+    finally:
+        group.stop()
