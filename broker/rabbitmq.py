@@ -61,7 +61,6 @@ class RabbitBroker(Broker):
         self._declared: dict[str, str | None] = {}
         self._exchange: dict[str, str] = {}
         self._consuming: set[str] = set()
-        self._dead_letters: set[str] = set()  # declared here as some queue's dead-letter queue
         self._conn = None
         self._channel = None
         self._epoch = 0
@@ -187,15 +186,28 @@ class RabbitBroker(Broker):
             exchange, dlx = _exchanges(dead_letter)
             ch.exchange_declare(exchange, "direct", durable=True)
             ch.exchange_declare(dlx, "direct", durable=True)
-            ch.queue_declare(dead_letter, durable=True, arguments={"x-max-length": DEAD_LETTER_LIMIT})
+            if not self._exists(dead_letter):
+                ch.queue_declare(dead_letter, durable=True, arguments={"x-max-length": DEAD_LETTER_LIMIT})
             ch.queue_bind(dead_letter, dlx, routing_key=dead_letter)
             args = {"x-dead-letter-exchange": dlx, "x-dead-letter-routing-key": dead_letter}
-        elif queue in self._dead_letters:
-            args = {"x-max-length": DEAD_LETTER_LIMIT}  # declared again as itself: same arguments
-        ch.queue_declare(queue, durable=True, arguments=args)
+        if not self._exists(queue):
+            ch.queue_declare(queue, durable=True, arguments=args)
         if dead_letter:
             ch.queue_bind(queue, exchange, routing_key=queue)
             self._exchange[queue] = exchange
+
+    def _exists(self, queue: str) -> bool:
+        # An existing queue is taken as it is: declaring it again with other arguments would close the
+        # channel (406). The probe uses a channel of its own, since a passive miss closes it (404).
+        probe = self._conn.channel()
+        try:
+            probe.queue_declare(queue, passive=True)
+        except pex.ChannelClosedByBroker as exc:
+            if exc.reply_code == 404:
+                return False
+            raise
+        probe.close()
+        return True
 
     def _consume_on(self, queue: str) -> None:
         epoch, inbox = self._epoch, self._inbox[queue]
@@ -214,8 +226,6 @@ class RabbitBroker(Broker):
         def op() -> None:
             self._declare_on(queue, dead_letter)
             self._declared.setdefault(queue, dead_letter)
-            if dead_letter:
-                self._dead_letters.add(dead_letter)
         self._submit(op, wait=True)
 
     def publish(self, queue: str, body: bytes) -> None:

@@ -28,8 +28,9 @@ docker info >/dev/null 2>&1 || { log "the Docker engine is not reachable"; exit 
 if ! have_image "$BASE_TAG"; then
     if ! command -v mmdebstrap >/dev/null; then
         log "installing mmdebstrap"
-        if [[ $(id -u) == 0 ]]; then apt-get install -y -qq mmdebstrap >/dev/null
-        else sudo apt-get install -y -qq mmdebstrap >/dev/null; fi
+        sudo=(); [[ $(id -u) == 0 ]] || sudo=(sudo)
+        "${sudo[@]}" apt-get install -y -qq mmdebstrap >/dev/null 2>&1 \
+            || { "${sudo[@]}" apt-get update -qq && "${sudo[@]}" apt-get install -y -qq mmdebstrap >/dev/null; }
     fi
     # The host's apt sources, whatever mirror they name: nothing of it is written into the repository.
     sources=()
@@ -48,7 +49,9 @@ build() {  # build TAG DOCKERFILE [BUILD-ARGS...]
     local tag=$1 file=$2; shift 2
     if have_image "$tag"; then log "$tag is present"; return; fi
     log "building $tag"
-    docker build --quiet --tag "$tag" --file "$file" "$@" . >/dev/null
+    # the legacy builder's deprecation notice is noise here; real errors still reach stderr
+    docker build --quiet --tag "$tag" --file "$file" "$@" . 2> >(grep -v -e DEPRECATED -e 'legacy builder' \
+        -e 'Install the buildx' -e 'BuildKit' -e 'docs.docker.com/go/buildx' >&2) >/dev/null
 }
 
 build "$PYTHON_TAG" compose/images/python.Dockerfile --build-arg BASE_IMAGE="$BASE_TAG"

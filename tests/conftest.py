@@ -1,10 +1,13 @@
 """Shared fixtures: the MNIST folder, small datasets, and the CI rule that service tests never skip."""
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 
 import pytest
+
+from tests import services
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 MNIST = pathlib.Path(os.environ.get("CUTTLEFISH_DATA", ROOT.parent / "shared" / "datasets" / "mnist"))
@@ -46,3 +49,31 @@ def small_mnist(mnist):
 
     train, test = mnist
     return Dataset(train.images[:2000], train.labels[:2000]), Dataset(test.images[:500], test.labels[:500])
+
+
+@pytest.fixture(scope="session")
+def _services():
+    """Containers started for this session, stopped at its end."""
+    with contextlib.ExitStack() as stack:
+        yield stack
+
+
+def _service_url(kind: str, env: str, stack: contextlib.ExitStack) -> str:
+    # session-scoped callers: one container per kind and session
+    if os.environ.get(env):
+        return os.environ[env]
+    problem = services.docker_problem()
+    require(problem is None, f"{kind} needs Docker or {env}: {problem}")
+    return stack.enter_context(getattr(services, kind)())[0]
+
+
+@pytest.fixture(scope="session")
+def amqp_url(_services) -> str:
+    """URL of a RabbitMQ shared by the session (CUTTLEFISH_TEST_AMQP_URL, else a container)."""
+    return _service_url("rabbitmq", "CUTTLEFISH_TEST_AMQP_URL", _services)
+
+
+@pytest.fixture(scope="session")
+def redis_url(_services) -> str:
+    """URL of a Redis shared by the session (CUTTLEFISH_TEST_REDIS_URL, else a container)."""
+    return _service_url("redis", "CUTTLEFISH_TEST_REDIS_URL", _services)

@@ -1,6 +1,6 @@
 """One behavioural contract for every broker backend.
 
-Service backends join when their URL is in the environment (CUTTLEFISH_TEST_AMQP_URL=amqp://...).
+RabbitMQ comes from CUTTLEFISH_TEST_AMQP_URL or a container (tests/services.py).
 Each test uses its own queue names, so a shared broker needs no cleaning.
 """
 from __future__ import annotations
@@ -14,14 +14,13 @@ import pytest
 
 from broker import BrokerError, UnknownScheme, connect, redact_url
 
-SERVICE_URL_ENV = {"rabbitmq": "CUTTLEFISH_TEST_AMQP_URL"}
-BACKENDS = ["memory"] + [name for name, var in SERVICE_URL_ENV.items() if os.environ.get(var)]
+BACKENDS = ["memory", "rabbitmq"]
 
 
 @pytest.fixture(params=BACKENDS)
 def broker(request):
-    """A connected broker of each backend."""
-    url = "memory://" if request.param == "memory" else os.environ[SERVICE_URL_ENV[request.param]]
+    """A connected broker of each backend (RabbitMQ from the session's service fixture)."""
+    url = "memory://" if request.param == "memory" else request.getfixturevalue("amqp_url")
     b = connect(url)
     yield b
     b.close()

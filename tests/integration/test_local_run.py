@@ -1,0 +1,189 @@
+"""One OS process per neuron over a real RabbitMQ and Redis: exactness, kill -9 recovery, hostile input."""
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from broker import connect
+from neuron import codec
+from orchestrator.config import load_config
+from orchestrator.runner import train_run
+from paramstore import open_store
+from paramstore.checkpoint import Checkpoints
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.integration
+
+CONFIG = ROOT / "examples" / "tiny.yaml"
+STEPS = 120
+
+
+def _config(amqp_url, redis_url):
+    return load_config(CONFIG).replace(broker=amqp_url, paramstore=redis_url)
+
+
+def _same(a, b) -> bool:
+    return len(a) == len(b) and all(np.array_equal(w1, w2) and np.array_equal(b1, b2)
+                                    for (w1, b1), (w2, b2) in zip(a, b))
+
+
+@pytest.fixture(scope="module")
+def reference(small_mnist):
+    """Weights of the undisturbed embedded run (memory broker and store)."""
+    train, test = small_mnist
+    return train_run(load_config(CONFIG), train, test, run_id="ref", max_steps=STEPS).params
+
+
+def test_processes_over_amqp_redis_match_embedded_memory_bitwise(small_mnist, reference, amqp_url, redis_url):
+    train, test = small_mnist
+    seen = {}
+
+    def watch(group):
+        def beats():  # heartbeats of every process appear in the store while it runs
+            store = open_store(redis_url)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and len(seen) < len(group.roles):
+                seen.update(Checkpoints(store, run_id).heartbeats())
+                time.sleep(0.2)
+            store.close()
+        threading.Thread(target=beats, daemon=True).start()
+
+    run_id = f"it-exact-{os.getpid()}"
+    result = train_run(_config(amqp_url, redis_url), train, test, run_id=run_id, max_steps=STEPS,
+                       target="local", on_actors=watch)
+    assert _same(result.params, reference)
+    assert result.recoveries == 0
+    assert set(seen) == {"L1.0", "L1.1", "L1.2", "L2.0", "L2.1", "L3.0", "L3.1", "head"}
+    assert all(isinstance(s["pid"], int) and s["pid"] != os.getpid() for s in seen.values())
+
+
+def test_killed_neurons_recover_bitwise(small_mnist, reference, amqp_url, redis_url):
+    train, test = small_mnist
+    killed, rng = [], random.Random(11)
+
+    def killer(group):
+        def loop():
+            for _ in range(3):
+                time.sleep(rng.uniform(0.5, 2.5))
+                name = rng.choice(sorted(group.pids()))
+                try:
+                    os.kill(group.pids()[name], signal.SIGKILL)
+                    killed.append(name)
+                except ProcessLookupError:
+                    pass
+        threading.Thread(target=loop, daemon=True).start()
+
+    result = train_run(_config(amqp_url, redis_url), train, test, run_id=f"it-kill-{os.getpid()}",
+                       max_steps=STEPS, target="local", on_actors=killer)
+    assert len(killed) == 3 and result.recoveries >= 1
+    assert _same(result.params, reference)
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as fh:
+                found += [int(c) for c in fh.read().split()]
+        except FileNotFoundError:
+            pass
+    return found
+
+
+def _cli(args, env):
+    return subprocess.Popen([sys.executable, "-m", "orchestrator", "train", str(CONFIG), *args],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_killed_driver_resumes_and_killed_neurons_recover_bitwise(mnist_dir, amqp_url, redis_url, tmp_path):
+    """The CLI end to end: kill -9 neurons at random, kill -9 the driver, resume it: same model file."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    common = ["--data", str(mnist_dir), "--max-steps", str(STEPS), "--quiet"]
+    ref = subprocess.run([sys.executable, "-m", "orchestrator", "train", str(CONFIG), *common,
+                          "--save-model", str(tmp_path / "ref.npz")], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert ref.returncode == 0, ref.stderr
+    run = ["--target", "local", "--broker", amqp_url, "--store", redis_url, "--run-id", f"it-cli-{os.getpid()}",
+           "--save-model", str(tmp_path / "dist.npz"), *common]
+    rng = random.Random(5)
+    driver = _cli(run, env)
+    kills = 0
+    deadline = time.monotonic() + 8
+    while time.monotonic() < deadline and driver.poll() is None:
+        time.sleep(rng.uniform(0.5, 1.5))
+        neurons = _children(driver.pid)
+        if neurons:
+            os.kill(rng.choice(neurons), signal.SIGKILL)
+            kills += 1
+    assert driver.poll() is None, "the run ended before the driver could be killed"
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.communicate(timeout=30)
+    resumed = _cli([*run, "--resume"], env)
+    time.sleep(3)
+    for pid in _children(resumed.pid)[:1]:  # and one more neuron of the resumed driver
+        os.kill(pid, signal.SIGKILL)
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    assert kills >= 2
+    a, b = np.load(tmp_path / "ref.npz"), np.load(tmp_path / "dist.npz")
+    assert sorted(a.files) == sorted(b.files)
+    assert all(np.array_equal(a[k], b[k]) for k in a.files)
+    assert "password" not in err and amqp_url.split(":")[2].split("@")[0] not in err  # no secret in the logs
+
+
+def test_hostile_messages_over_rabbitmq_are_dead_lettered(small_mnist, reference, amqp_url, redis_url):
+    """Junk published straight into the neurons' queues mid-run: rejected, dead-lettered, result unchanged."""
+    train, test = small_mnist
+    run_id = f"it-hostile-{os.getpid()}"
+    config = _config(amqp_url, redis_url)
+    injected = []
+
+    def inject(group):
+        from orchestrator.plan import build_plan
+
+        topo = build_plan(config, run_id, len(train) // config.training.batch_size)
+        other = build_plan(config, "another-run", len(train) // config.training.batch_size)
+        junk = {
+            "random bytes": os.urandom(300),
+            "pickle": b"\x80\x04\x95" + os.urandom(40) + b".",
+            "wrong dtype": codec.encode(codec.ACT, topo.run_tag, 1, 3, nmicro=1, array=np.zeros((4, 784), np.float64)),
+            "wrong shape": codec.encode(codec.ACT, topo.run_tag, 1, 3, nmicro=1, array=np.zeros((4, 7), np.float32)),
+            "oversized": b"CF" + os.urandom(topo.max_message_bytes() + 1024),
+            "another run": codec.encode(codec.ACT, other.run_tag, 1, 3, nmicro=1, array=np.zeros((4, 784), np.float32)),
+        }
+        stale = codec.encode(codec.ACT, topo.run_tag, 0, 3, nmicro=1, array=np.zeros((4, 784), np.float32))
+
+        def loop():
+            time.sleep(2)
+            with connect(amqp_url) as b:
+                for q in topo.all_queues():
+                    b.declare(q, dead_letter=topo.dead_letter_queue)
+                for name, body in junk.items():
+                    b.publish(topo.queue(1, 0), body)
+                    b.publish(topo.queue(2, 1), body)
+                    injected.append(name)
+                b.publish(topo.queue(1, 1), stale)  # an old generation's message: dropped, not dead-lettered
+        threading.Thread(target=loop, daemon=True).start()
+
+    result = train_run(config, train, test, run_id=run_id, max_steps=STEPS, target="local", on_actors=inject)
+    assert len(injected) == 6
+    assert _same(result.params, reference)
+    with connect(amqp_url) as b:
+        from orchestrator.plan import build_plan
+
+        dead = build_plan(config, run_id, 1).dead_letter_queue
+        b.declare(dead)
+        letters = []
+        while (d := b.get(dead, timeout=2)) is not None:
+            letters.append(d)
+            b.ack(d)
+    assert len(letters) == 12, [d.reason for d in letters]
+    assert all(d.reason and d.headers.get("x-first-death-queue") for d in letters)
