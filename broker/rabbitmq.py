@@ -57,6 +57,8 @@ class RabbitBroker(Broker):
             raise BrokerError(f"bad broker URL {redact_url(url)!r}: prefetch must be at least 1")
         self._connect_timeout, self._reconnect_timeout, self._op_timeout = connect_timeout, reconnect_timeout, op_timeout
         self._ops: collections.deque = collections.deque()
+        self._wake_lock = threading.Lock()
+        self._wake_pending = False
         self._inbox: dict[str, _queue.SimpleQueue] = {}
         self._declared: dict[str, str | None] = {}
         self._exchange: dict[str, str] = {}
@@ -140,6 +142,8 @@ class RabbitBroker(Broker):
             inbox.put(_STOP)
 
     def _run_ops(self) -> None:
+        with self._wake_lock:
+            self._wake_pending = False  # what is appended from here on wakes the thread again
         while self._ops and self._channel is not None:
             fn, future = self._ops[0]
             try:
@@ -164,9 +168,12 @@ class RabbitBroker(Broker):
         if self._error is not None:
             raise self._error
         future = Future() if wait else None
-        self._ops.append((fn, future))
+        with self._wake_lock:
+            self._ops.append((fn, future))
+            # one wake-up per batch: a wake-up still pending will run this operation too
+            wake, self._wake_pending = not self._wake_pending, True
         conn = self._conn
-        if conn is not None:
+        if conn is not None and wake:
             try:
                 conn.add_callback_threadsafe(lambda: None)  # wakes the I/O thread at once
             except (pex.AMQPError, RuntimeError, OSError):

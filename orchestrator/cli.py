@@ -40,7 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=int)
     train.add_argument("--max-steps", type=int, help="stop after this many steps in all")
     train.add_argument("--target", choices=TARGETS, default="embedded",
-                       help="embedded: a thread per neuron; local: a supervised OS process per neuron")
+                       help="embedded: a thread per neuron; local: a supervised OS process per neuron; "
+                            "external: neurons run elsewhere (python -m neuron, e.g. in containers)")
     train.add_argument("--broker", help="broker URL (default: the config's, else memory://)")
     train.add_argument("--store", help="parameter store URL (default: the config's, else memory://)")
     train.add_argument("--run-id", help="name of the run in the store (default: a new one)")
@@ -93,8 +94,8 @@ def _check_train_args(args: argparse.Namespace, config: Config) -> None:
     for key, url, known in (("broker", config.broker, BROKERS), ("paramstore", config.paramstore, STORES)):
         if urlsplit(url).scheme not in known:
             raise ConfigError(key, f"unknown URL scheme in {redact_url(url)!r}; known: {', '.join(s + '://' for s in known)}")
-        if args.target == "local" and urlsplit(url).scheme == "memory":
-            raise ConfigError(key, "--target local runs a process per neuron, which cannot share a memory:// "
+        if args.target != "embedded" and urlsplit(url).scheme == "memory":
+            raise ConfigError(key, f"--target {args.target} runs a process per neuron, which cannot share a memory:// "
                                    f"{key}; give --{'store' if key == 'paramstore' else key} a service URL")
 
 

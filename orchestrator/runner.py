@@ -11,6 +11,7 @@ from orchestrator.config import Config
 from orchestrator.data import Dataset
 from orchestrator.driver import Driver, DriverOptions, TrainResult
 from orchestrator.embedded import threaded_actors
+from orchestrator.external import external_actors
 from orchestrator.local import process_group
 from orchestrator.errors import TrainingError
 from orchestrator.model import Params, init_params
@@ -21,7 +22,7 @@ from paramstore.base import Store
 from paramstore.checkpoint import Checkpoints
 
 
-TARGETS = ("embedded", "local")
+TARGETS = ("embedded", "local", "external")
 
 
 def new_run_id() -> str:
@@ -67,7 +68,8 @@ def train_run(
     """Train `config` and return the final weights and accuracy.
 
     `target` "embedded" runs one thread per neuron in this process; "local" one OS process per neuron,
-    restarted when it dies (which needs a broker and store that processes share). `broker` and `store`
+    restarted when it dies (which needs a broker and store that processes share); "external" starts
+    nothing: the neurons run elsewhere (containers) and are watched through their heartbeats. `broker` and `store`
     default to fresh connections to the config's URLs; pass shared instances to reuse an in-memory store
     across runs (tests resume that way). `on_actors(group)` is called once the actors are up.
     """
@@ -101,8 +103,12 @@ def train_run(
                          "seed": schedule.seed, "shuffle": schedule.shuffle, "max_steps": schedule.max_steps}
         checkpoints.update_manifest(generation=generation, status="running", topology=topo.to_dict(),
                                     schedule=schedule_info)
-        actors = (threaded_actors(topo, broker, checkpoints) if target == "embedded"
-                  else process_group(topo, config.broker, config.paramstore))
+        if target == "embedded":
+            actors = threaded_actors(topo, broker, checkpoints)
+        elif target == "local":
+            actors = process_group(topo, config.broker, config.paramstore)
+        else:
+            actors = external_actors(topo, checkpoints)
         with actors as group:
             driver.options.liveness = group.check
             if on_actors is not None:

@@ -1,0 +1,50 @@
+"""The external deployment: the neurons run elsewhere (containers, other hosts); the driver watches heartbeats."""
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import contextmanager
+from typing import Iterator
+
+from neuron.topology import Topology
+from orchestrator.errors import NeuronLost
+from paramstore.checkpoint import Checkpoints
+
+log = logging.getLogger(__name__)
+
+
+class HeartbeatWatch:
+    """Notices a neuron whose heartbeat expired or whose process changed (it restarted) since last seen."""
+
+    def __init__(self, topo: Topology, checkpoints: Checkpoints, interval: float = 1.0) -> None:
+        self.actors = {f"L{layer}.{index}" for layer, index in topo.neurons()} | {"head"}
+        self.checkpoints, self.interval = checkpoints, interval
+        self._seen: dict[str, tuple] = {}  # actor -> (host, pid, started) of the process last seen
+        self._next = 0.0
+
+    def check(self) -> None:
+        """Raise NeuronLost if a neuron seen before is gone or is a new process; reads the store once a second."""
+        now = time.monotonic()
+        if now < self._next:
+            return
+        self._next = now + self.interval
+        beats = self.checkpoints.heartbeats()
+        lost = []
+        for actor in sorted(self.actors):
+            status = beats.get(actor)
+            identity = None if status is None else (status.get("host"), status.get("pid"), status.get("started"))
+            before = self._seen.get(actor)
+            if identity is not None:
+                self._seen[actor] = identity
+            if before is not None and identity != before:
+                lost.append(f"{actor} ({'restarted' if identity else 'heartbeat expired'})")
+                if identity is None:
+                    del self._seen[actor]
+        if lost:
+            raise NeuronLost(f"neuron {', '.join(lost)}")
+
+
+@contextmanager
+def external_actors(topo: Topology, checkpoints: Checkpoints) -> Iterator[HeartbeatWatch]:
+    """Nothing to start: the neurons of `topo` are run by someone else; yields their heartbeat watch."""
+    yield HeartbeatWatch(topo, checkpoints)
