@@ -21,10 +21,17 @@ from orchestrator.progress import Progress
 from orchestrator.reference import accuracy, predict
 from neuron.topology import RUN_ID
 from orchestrator.runner import TARGETS, make_schedule, new_run_id, train_run
+from compose import render as compose_render
+from broker import connect as connect_broker
+from orchestrator.plot import training_svg
+from orchestrator.status import find_run, format_status, run_status
 from paramstore import BACKENDS as STORES
+from paramstore import open_store
+from paramstore.checkpoint import Checkpoints
 from paramstore.errors import StoreError
 
 EXIT_USAGE = 2
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -42,14 +49,31 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--target", choices=TARGETS, default="embedded",
                        help="embedded: a thread per neuron; local: a supervised OS process per neuron; "
                             "external: neurons run elsewhere (python -m neuron, e.g. in containers)")
-    train.add_argument("--broker", help="broker URL (default: the config's, else memory://)")
-    train.add_argument("--store", help="parameter store URL (default: the config's, else memory://)")
+    train.add_argument("--broker", default=os.environ.get("CUTTLEFISH_BROKER"),
+                       help="broker URL [CUTTLEFISH_BROKER] (default: the config's, else memory://)")
+    train.add_argument("--store", default=os.environ.get("CUTTLEFISH_STORE"),
+                       help="parameter store URL [CUTTLEFISH_STORE] (default: the config's, else memory://)")
     train.add_argument("--run-id", help="name of the run in the store (default: a new one)")
     train.add_argument("--resume", action="store_true", help="continue --run-id from its last committed checkpoint")
+    train.add_argument("--resume-or-start", action="store_true",
+                       help="continue --run-id if the store has it, else start it (for drivers that get restarted)")
+    train.add_argument("--plot", metavar="FILE.svg", help="write a loss and accuracy chart here")
     train.add_argument("--init", metavar="MODEL.npz", help="start from these weights instead of the seeded init")
     train.add_argument("--save-model", metavar="MODEL.npz", help="write the trained weights here")
     train.add_argument("--metrics", metavar="FILE.jsonl", help="append per-step and per-epoch metrics here")
     train.add_argument("--quiet", action="store_true", help="no progress output")
+
+    dep = sub.add_parser("deploy", help="write what runs the network on a deployment target")
+    dep.add_argument("config")
+    dep.add_argument("--target", choices=("compose",), required=True)
+    dep.add_argument("-o", "--output", default="docker-compose.yml", help="file to write ('-' for standard output)")
+    dep.add_argument("--run-id", help="run id the services train (default: cf-<config name>)")
+
+    st = sub.add_parser("status", help="the neurons and progress of a run")
+    st.add_argument("config", nargs="?", help="YAML config whose store and broker URLs to use")
+    st.add_argument("--store", default=os.environ.get("CUTTLEFISH_STORE"), help="parameter store URL [CUTTLEFISH_STORE]")
+    st.add_argument("--broker", default=os.environ.get("CUTTLEFISH_BROKER"), help="broker URL for queue depths [CUTTLEFISH_BROKER]")
+    st.add_argument("--run-id", help="the run (default: the newest in the store)")
 
     ev = sub.add_parser("evaluate", help="test accuracy of a saved model")
     ev.add_argument("config")
@@ -80,15 +104,19 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _check_train_args(args: argparse.Namespace, config: Config) -> None:
-    if args.resume and not args.run_id:
+    if args.resume and args.resume_or_start:
+        raise ConfigError("--resume-or-start", "cannot be combined with --resume")
+    if (args.resume or args.resume_or_start) and not args.run_id:
         raise ConfigError("--resume", "needs --run-id of the run to continue")
+    if args.resume_or_start and args.init:
+        raise ConfigError("--init", "cannot be combined with --resume-or-start")
     if args.resume and args.init:
         raise ConfigError("--init", "cannot be combined with --resume (the run's checkpoint has the weights)")
     if args.max_steps is not None and args.max_steps < 1:
         raise ConfigError("--max-steps", "must be at least 1")
     if args.run_id and not RUN_ID.match(args.run_id) or args.run_id in (".", ".."):
         raise ConfigError("--run-id", f"must be 1-64 of A-Z a-z 0-9 _ . - (got {args.run_id!r})")
-    for flag, path in (("--save-model", args.save_model), ("--metrics", args.metrics)):
+    for flag, path in (("--save-model", args.save_model), ("--metrics", args.metrics), ("--plot", args.plot)):
         if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
             raise ConfigError(flag, f"folder of {path} does not exist")
     for key, url, known in (("broker", config.broker, BROKERS), ("paramstore", config.paramstore, STORES)):
@@ -109,22 +137,47 @@ def _cmd_train(args: argparse.Namespace) -> int:
         initial = load_model(args.init, config.network.sizes, config.training.dtype)
     run_id = args.run_id or new_run_id()
     schedule = make_schedule(config, len(train), args.max_steps)
+    resume = args.resume
+    if args.resume_or_start:
+        state = _stored_run(config.paramstore, run_id)
+        if state is not None and state.get("status") == "done":
+            print(f"run {run_id} is already finished; remove it from the store to train again", file=sys.stderr)
+            if state.get("test_accuracy") is not None:
+                print(f"test accuracy: {state['test_accuracy']:.4f}")
+            return 0
+        resume = state is not None and state.get("latest") is not None
+    losses: dict[int, float] = {}
     with contextlib.ExitStack() as stack:
         metrics = stack.enter_context(open(args.metrics, "a", encoding="utf-8")) if args.metrics else None
         progress = Progress(schedule.total_steps, 0, schedule.steps_per_epoch, quiet=args.quiet, metrics=metrics)
-        options = DriverOptions(on_step=progress.step, on_epoch=progress.epoch)
+
+        def on_step(step: int, loss: float, samples: int) -> None:
+            losses[step] = loss
+            progress.step(step, loss, samples)
+
+        options = DriverOptions(on_step=on_step, on_epoch=progress.epoch)
         if not args.quiet:
             print(f"run {run_id}: {'-'.join(map(str, config.network.sizes))}, {len(build_plan(config, run_id).neurons())} neurons, "
-                  f"{schedule.total_steps} steps", file=sys.stderr)
-        result = train_run(config, train, test, run_id=run_id, max_steps=args.max_steps, resume=args.resume,
+                  f"{schedule.total_steps} steps{' (resuming)' if resume else ''}", file=sys.stderr)
+        result = train_run(config, train, test, run_id=run_id, max_steps=args.max_steps, resume=resume,
                            initial=initial, options=options, target=args.target)
     if args.save_model:
         save_model(args.save_model, result.params)
+    if args.plot:
+        with open(args.plot, "w", encoding="utf-8") as fh:
+            fh.write(training_svg(losses, result.epoch_accuracy, schedule.steps_per_epoch,
+                                  f"run {run_id}: {'-'.join(map(str, config.network.sizes))}"))
     if not args.quiet:
         rate = result.samples / max(result.seconds, 1e-9)
         print(f"trained {result.steps} steps in {result.seconds:.1f} s ({rate:,.0f} samples/s)", file=sys.stderr)
     print(f"test accuracy: {result.test_accuracy:.4f}")
     return 0
+
+
+def _stored_run(store_url: str, run_id: str) -> dict | None:
+    """The manifest of `run_id` in the store, or None."""
+    with open_store(store_url) as store:
+        return Checkpoints(store, run_id).manifest()
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -145,7 +198,47 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"plan": _cmd_plan, "train": _cmd_train, "evaluate": _cmd_evaluate, "predict": _cmd_predict}
+def _cmd_deploy(args: argparse.Namespace) -> int:
+    config = _config(args)
+    stem = os.path.splitext(os.path.basename(args.config))[0]
+    run_id = args.run_id or f"cf-{stem}"
+    if not RUN_ID.match(run_id):
+        raise ConfigError("--run-id", f"must be 1-64 of A-Z a-z 0-9 _ . - (got {run_id!r})")
+    folder = "." if args.output == "-" else os.path.dirname(os.path.abspath(args.output))
+    if not os.path.isdir(folder):
+        raise ConfigError("--output", f"folder {folder} does not exist")
+    document = compose_render.render(build_plan(config, run_id), config.deploy,
+                                     config_path=compose_render.relative(args.config, folder),
+                                     build_context=compose_render.relative(ROOT, folder))
+    text = compose_render.dump(document, os.path.relpath(args.config, folder))
+    if args.output == "-":
+        sys.stdout.write(text)
+    else:
+        with open(args.output, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        print(f"wrote {args.output}: {len(document['services']) - 4} neurons, the loss head, rabbitmq, redis, driver",
+              file=sys.stderr)
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    store_url, broker_url = args.store, args.broker
+    if args.config:
+        config = load_config(args.config)
+        store_url, broker_url = store_url or config.paramstore, broker_url or config.broker
+    if not store_url or urlsplit(store_url).scheme == "memory":
+        raise ConfigError("--store", "status reads a shared store: give --store, CUTTLEFISH_STORE or a config")
+    with contextlib.ExitStack() as stack:
+        store = stack.enter_context(open_store(store_url))
+        broker = None
+        if broker_url and urlsplit(broker_url).scheme != "memory":
+            broker = stack.enter_context(connect_broker(broker_url))
+        run_id = find_run(store, args.run_id)
+        print(format_status(*run_status(store, broker, run_id)))
+    return 0
+
+
+COMMANDS = {"plan": _cmd_plan, "deploy": _cmd_deploy, "status": _cmd_status, "train": _cmd_train, "evaluate": _cmd_evaluate, "predict": _cmd_predict}
 
 
 def main(argv: list[str] | None = None) -> int:

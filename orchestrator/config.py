@@ -70,6 +70,20 @@ class EcsConfig:
 
 
 @dataclass(frozen=True)
+class DeployConfig:
+    """Container limits per layer (hidden layers then the output layer); None leaves them unlimited."""
+
+    cpus: float | tuple[float, ...] | None = None
+    memory_mb: int | tuple[int, ...] | None = None
+
+    def for_layer(self, layer: int) -> tuple[float | None, int | None]:
+        """(cpus, memory in MB) for the neurons of `layer` (1-based)."""
+        def pick(value):
+            return value[layer - 1] if isinstance(value, tuple) else value
+        return pick(self.cpus), pick(self.memory_mb)
+
+
+@dataclass(frozen=True)
 class Config:
     """A whole, validated network description."""
 
@@ -79,6 +93,7 @@ class Config:
     broker: str
     paramstore: str
     source: str
+    deploy: DeployConfig = DeployConfig()
 
     def replace(self, **changes: Any) -> Config:
         """Copy with top-level fields changed; broker/paramstore are re-validated."""
@@ -167,6 +182,18 @@ def _number(within: Callable[[float], bool], bounds: str) -> _Converter:
 def _optional(convert: _Converter) -> _Converter:
     """Let null through as None, otherwise defer to convert."""
     return lambda value, path: None if value is None else convert(value, path)
+
+
+def _number_or_list(within: Callable[[float], bool], bounds: str) -> _Converter:
+    """_Converter for a number satisfying within, or a list of them (returned as a tuple)."""
+    one = _number(within, bounds)
+
+    def convert(value: Any, path: str) -> float | tuple[float, ...]:
+        if isinstance(value, list):
+            return tuple(one(item, f"{path}[{i}]") for i, item in enumerate(value))
+        return one(value, path)
+
+    return convert
 
 
 def _int_or_list(minimum: int) -> _Converter:
@@ -349,6 +376,11 @@ _ECS_FIELDS = (
     _Field("auto_scaling_group_resource_id", _optional(_text), None),
 )
 
+_DEPLOY_FIELDS = (
+    _Field("cpus", _optional(_number_or_list(lambda x: x > 0, "> 0")), None),
+    _Field("memory_mb", _optional(_int_or_list(16)), None),
+)
+
 _SCALAR_FIELDS = (
     _Field("broker", _url, "memory://"),
     _Field("paramstore", _url, "memory://"),
@@ -358,6 +390,7 @@ _TOP_FIELDS = (
     _Field("neural_network", _section(_NETWORK_FIELDS, _build_network), attr="network"),
     _Field("training", _section(_TRAINING_FIELDS, _build_training), {}),
     _Field("ecs", _section(_ECS_FIELDS, lambda v, _path: EcsConfig(**v)), {}),
+    _Field("deploy", _section(_DEPLOY_FIELDS, lambda v, _path: DeployConfig(**v)), {}),
     *_SCALAR_FIELDS,
 )
 
@@ -398,7 +431,14 @@ def config_from_mapping(data: Mapping, source: str = "<string>") -> Config:
         raise ConfigError("<file>", "document is empty; expected a 'neural_network' section")
     if not isinstance(data, Mapping):
         raise ConfigError("<file>", f"top level must be a mapping of sections (got {_show(data)})")
-    return Config(**_read_fields(data, "", _TOP_FIELDS), source=source)
+    config = Config(**_read_fields(data, "", _TOP_FIELDS), source=source)
+    layers = len(config.network.shards)
+    for name in ("cpus", "memory_mb"):
+        value = getattr(config.deploy, name)
+        if isinstance(value, tuple) and len(value) != layers:
+            raise ConfigError(f"deploy.{name}", f"has {len(value)} entries but needs {layers} "
+                                                "(one per hidden layer plus the output layer)")
+    return config
 
 
 def parse_config(text: str, source: str = "<string>") -> Config:

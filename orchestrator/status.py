@@ -1,0 +1,75 @@
+"""What a run is doing, read from the store (manifest, heartbeats) and optionally the broker (queue depths)."""
+from __future__ import annotations
+
+import time
+
+from broker.base import Broker
+from broker.errors import BrokerError
+from neuron.topology import Topology
+from orchestrator.errors import OrchestratorError
+from paramstore.base import Store
+from paramstore.checkpoint import Checkpoints
+
+COLUMNS = ("neuron", "alive", "generation", "step", "in", "out", "rejected", "queue", "last heartbeat")
+
+
+def find_run(store: Store, run_id: str | None) -> str:
+    """`run_id`, or the store's only run, or the newest of its runs (run ids sort by time)."""
+    runs = sorted(k.split("/")[1] for k in store.keys("cuttlefish/") if k.endswith("/manifest"))
+    if run_id is not None:
+        if run_id not in runs:
+            raise OrchestratorError(f"no run {run_id!r} in the store (runs: {', '.join(runs) or 'none'})")
+        return run_id
+    if not runs:
+        raise OrchestratorError("the store holds no runs")
+    return runs[-1]
+
+
+def run_status(store: Store, broker: Broker | None, run_id: str, now: float | None = None) -> tuple[dict, list[tuple]]:
+    """(summary, one row per actor) of run `run_id`."""
+    checkpoints = Checkpoints(store, run_id)
+    manifest = checkpoints.manifest() or {}
+    if "topology" not in manifest:
+        raise OrchestratorError(f"run {run_id!r} has no topology in its manifest yet")
+    topo = Topology.from_dict(manifest["topology"])
+    beats, now = checkpoints.heartbeats(), time.time() if now is None else now
+    names = [(f"L{layer}.{index}", topo.queue(layer, index)) for layer, index in topo.neurons()]
+    names.append(("head", topo.queue(topo.head_layer)))
+    rows = []
+    for name, queue in names:
+        beat = beats.get(name)
+        depth = "-"
+        if broker is not None:
+            try:
+                depth = str(broker.depth(queue))
+            except BrokerError:
+                depth = "?"
+        stats = (beat or {}).get("stats", {})
+        rows.append((name, "yes" if beat else "no", _text((beat or {}).get("generation")), _text((beat or {}).get("step")),
+                     _text(stats.get("in")), _text(stats.get("out")), _text(stats.get("rejected", 0) if beat else None),
+                     depth, f"{max(0.0, now - beat['time']):.1f} s ago" if beat and "time" in beat else "-"))
+    total = (manifest.get("state") or {}).get("total_steps")
+    summary = {"run": run_id, "status": manifest.get("status", "?"), "generation": manifest.get("generation"),
+               "checkpoint": manifest.get("latest"), "total_steps": total,
+               "test_accuracy": manifest.get("test_accuracy"), "alive": sum(r[1] == "yes" for r in rows),
+               "actors": len(rows)}
+    return summary, rows
+
+
+def format_status(summary: dict, rows: list[tuple]) -> str:
+    """The summary line and an aligned table."""
+    done = summary["checkpoint"]
+    progress = (f"checkpoint {done} of {summary['total_steps']} steps ({100 * done / summary['total_steps']:.0f}%)"
+                if done is not None and summary["total_steps"] else f"checkpoint {done}")
+    acc = summary["test_accuracy"]
+    head = (f"run {summary['run']}: {summary['status']}, generation {summary['generation']}, {progress}, "
+            f"{summary['alive']}/{summary['actors']} neurons alive"
+            + (f", test accuracy {acc:.4f}" if isinstance(acc, (int, float)) else ""))
+    table = [COLUMNS, *rows]
+    widths = [max(len(str(r[i])) for r in table) for i in range(len(COLUMNS))]
+    lines = ["  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip() for r in table]
+    return "\n".join([head, *lines])
+
+
+def _text(value: object) -> str:
+    return "-" if value is None else str(value)
