@@ -65,6 +65,7 @@ class RabbitBroker(Broker):
         self._consuming: set[str] = set()
         self._conn = None
         self._channel = None
+        self._decl_channel = None
         self._epoch = 0
         self._error: BrokerError | None = None
         self._closed = False
@@ -102,7 +103,7 @@ class RabbitBroker(Broker):
             self._consume_on(queue)
 
     def _drop_connection(self) -> None:
-        conn, self._conn, self._channel = self._conn, None, None
+        conn, self._conn, self._channel, self._decl_channel = self._conn, None, None, None
         if conn is not None and conn.is_open:
             try:
                 conn.close()
@@ -193,28 +194,27 @@ class RabbitBroker(Broker):
             exchange, dlx = _exchanges(dead_letter)
             ch.exchange_declare(exchange, "direct", durable=True)
             ch.exchange_declare(dlx, "direct", durable=True)
-            if not self._exists(dead_letter):
-                ch.queue_declare(dead_letter, durable=True, arguments={"x-max-length": DEAD_LETTER_LIMIT})
+            self._declare_queue(dead_letter, {"x-max-length": DEAD_LETTER_LIMIT})
             ch.queue_bind(dead_letter, dlx, routing_key=dead_letter)
             args = {"x-dead-letter-exchange": dlx, "x-dead-letter-routing-key": dead_letter}
-        if not self._exists(queue):
-            ch.queue_declare(queue, durable=True, arguments=args)
+        self._declare_queue(queue, args)
         if dead_letter:
             ch.queue_bind(queue, exchange, routing_key=queue)
             self._exchange[queue] = exchange
 
-    def _exists(self, queue: str) -> bool:
-        # An existing queue is taken as it is: declaring it again with other arguments would close the
-        # channel (406). The probe uses a channel of its own, since a passive miss closes it (404).
-        probe = self._conn.channel()
+    def _declare_queue(self, queue: str, args: dict) -> None:
+        # An existing queue is taken as it is: declaring it with other arguments (say, a dead-letter queue
+        # declared plainly by a reader) closes the channel with 406, so declarations use a channel of their
+        # own, reopened after such a refusal, and the queue's existence is then checked passively.
+        if self._decl_channel is None or not self._decl_channel.is_open:
+            self._decl_channel = self._conn.channel()
         try:
-            probe.queue_declare(queue, passive=True)
+            self._decl_channel.queue_declare(queue, durable=True, arguments=args)
         except pex.ChannelClosedByBroker as exc:
-            if exc.reply_code == 404:
-                return False
-            raise
-        probe.close()
-        return True
+            if exc.reply_code != 406:
+                raise
+            self._decl_channel = self._conn.channel()
+            self._decl_channel.queue_declare(queue, passive=True)
 
     def _consume_on(self, queue: str) -> None:
         epoch, inbox = self._epoch, self._inbox[queue]

@@ -185,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # pika logs every failed connection attempt as an error with a traceback; ours say what matters
+    logging.getLogger("pika").setLevel(logging.CRITICAL)
     stop = threading.Event()
     # docker stop / compose down send SIGTERM: finish the message at hand and exit cleanly
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -245,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit status (2 for bad input, 1 for a failed run)."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # pika logs every failed connection attempt as an error with a traceback; ours say what matters
+    logging.getLogger("pika").setLevel(logging.CRITICAL)
     try:
         return COMMANDS[args.command](args)
     except ConfigError as exc:

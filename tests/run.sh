@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up and run the test suite (the README's second command; .ci/run calls this).
-# With Docker at hand it first builds the service images from Debian packages (compose/build-images.sh,
-# once per run: present images are reused); under CI=true a missing Docker engine fails the run.
+# With Docker at hand it first builds the images from Debian packages (compose/build-images.sh, once per
+# run: present images are reused) and installs the compose v2 plugin if missing; under CI=true a missing
+# Docker engine fails the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install --quiet --disable-pip-version-check -e '.[test]'
@@ -10,10 +11,11 @@ ci=false
 case "${CI:-}" in 1|true|TRUE|True|yes) ci=true ;; esac
 if command -v docker >/dev/null && docker info >/dev/null 2>&1; then
     eval "$(bash compose/build-images.sh)"
+    docker compose version >/dev/null 2>&1 || bash compose/install-compose-v2.sh >/dev/null
 elif [[ $ci == true ]]; then
     echo "tests/run.sh: CI=true needs a running Docker engine for the service tests" >&2
     exit 1
 else
     echo "tests/run.sh: no Docker engine; tests that need RabbitMQ or Redis will skip" >&2
 fi
-python3 -m pytest -q -p no:cacheprovider tests/unit tests/contract tests/integration "$@"
+python3 -m pytest -q -p no:cacheprovider tests/unit tests/contract tests/integration tests/e2e "$@"

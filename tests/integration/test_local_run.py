@@ -26,8 +26,10 @@ CONFIG = ROOT / "examples" / "tiny.yaml"
 STEPS = 300
 
 
-def _config(amqp_url, redis_url):
-    return load_config(CONFIG).replace(broker=amqp_url, paramstore=redis_url)
+def _config(amqp_url=None, redis_url=None):
+    # small_mnist has 2,000 samples, 32 steps an epoch: ten epochs give the runs STEPS steps
+    config = load_config(CONFIG).with_training(epochs=10)
+    return config.replace(broker=amqp_url, paramstore=redis_url) if amqp_url else config
 
 
 def _same(a, b) -> bool:
@@ -39,7 +41,9 @@ def _same(a, b) -> bool:
 def reference(small_mnist):
     """Weights of the undisturbed embedded run (memory broker and store)."""
     train, test = small_mnist
-    return train_run(load_config(CONFIG), train, test, run_id="ref", max_steps=STEPS).params
+    result = train_run(_config(), train, test, run_id="ref", max_steps=STEPS)
+    assert result.steps == STEPS
+    return result.params
 
 
 def test_processes_over_amqp_redis_match_embedded_memory_bitwise(small_mnist, reference, amqp_url, redis_url):
@@ -63,6 +67,35 @@ def test_processes_over_amqp_redis_match_embedded_memory_bitwise(small_mnist, re
     assert result.recoveries == 0
     assert set(seen) == {"L1.0", "L1.1", "L1.2", "L2.0", "L2.1", "L3.0", "L3.1", "head"}
     assert all(isinstance(s["pid"], int) and s["pid"] != os.getpid() for s in seen.values())
+
+
+def test_status_shows_the_neurons_of_a_running_run(small_mnist, amqp_url, redis_url, capsys):
+    from orchestrator.cli import main
+
+    train, test = small_mnist
+    run_id, tables = f"it-status-{os.getpid()}", []
+
+    def poll(group):
+        def loop():
+            store = open_store(redis_url)
+            while not any((b.get("step") or 0) > 0 for b in Checkpoints(store, run_id).heartbeats().values()):
+                time.sleep(0.05)
+            store.close()
+            main(["status", "--store", redis_url, "--broker", amqp_url, "--run-id", run_id])
+            tables.append(True)
+        threading.Thread(target=loop, daemon=True).start()
+
+    train_run(_config(amqp_url, redis_url), train, test, run_id=run_id, max_steps=STEPS, target="local",
+              on_actors=poll)
+    assert tables
+    assert main(["status", "--store", redis_url, "--run-id", run_id]) == 0
+    during, after = capsys.readouterr().out.split(f"run {run_id}:")[1:3]
+    assert "running" in during and "8/8 neurons alive" in during
+    rows = [line.split() for line in during.splitlines()[2:]]
+    assert sorted(r[0] for r in rows) == ["L1.0", "L1.1", "L1.2", "L2.0", "L2.1", "L3.0", "L3.1", "head"]
+    assert all(r[1] == "yes" and r[2] in ("-", "1") and r[7].isdigit() for r in rows)  # alive, a queue depth
+    assert any(r[2] == "1" and int(r[3]) > 0 for r in rows)  # heartbeats carry generation and step
+    assert f"done, generation 1, checkpoint {STEPS} of {STEPS} steps (100%)" in after
 
 
 def test_killed_neurons_recover_bitwise(small_mnist, reference, amqp_url, redis_url):

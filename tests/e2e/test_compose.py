@@ -1,0 +1,108 @@
+"""`docker compose up` of the repository's docker-compose.yml: it trains; a killed neuron changes nothing."""
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import time
+
+import numpy as np
+import pytest
+
+from tests import services
+from tests.conftest import ROOT, require
+
+pytestmark = pytest.mark.e2e
+
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+
+
+@pytest.fixture(scope="module")
+def compose_cmd():
+    """`docker compose` (v2), required under CI."""
+    problem = services.docker_problem()
+    require(problem is None, f"needs Docker: {problem}")
+    ok = shutil.which("docker") and subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0
+    require(bool(ok), "needs the docker compose v2 plugin (compose/install-compose-v2.sh)")
+    require(bool(os.environ.get("CUTTLEFISH_NEURON_IMAGE")) or services.docker_problem() is None,
+            "needs the images of compose/build-images.sh")
+    return ["docker", "compose", "-f", str(COMPOSE_FILE)]
+
+
+class Project:
+    """One compose project (its own name, password and output folder)."""
+
+    def __init__(self, cmd, mnist_dir, out):
+        self.cmd, self.out = cmd, out
+        self.env = {**os.environ, "COMPOSE_PROJECT_NAME": f"cfe2e{secrets.token_hex(3)}",
+                    "CUTTLEFISH_PASSWORD": secrets.token_hex(12), "CUTTLEFISH_DATA": str(mnist_dir),
+                    "CUTTLEFISH_OUT": str(out)}
+
+    def run(self, *args, check=True):
+        res = subprocess.run([*self.cmd, *args], env=self.env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+        if check and res.returncode != 0:
+            raise AssertionError(f"docker compose {' '.join(args)} failed: {res.stderr[-2000:]}")
+        return res
+
+    def container(self, service):
+        ids = self.run("ps", "-q", "--all", service).stdout.split()
+        assert ids, f"no container for {service}"
+        return ids[0]
+
+    def wait_driver(self, timeout=600):
+        res = subprocess.run(["docker", "wait", self.container("driver")], capture_output=True, text=True, timeout=timeout)
+        return int(res.stdout.strip())
+
+    def logs(self, service):
+        return self.run("logs", "--no-color", service).stdout
+
+    def down(self):
+        self.run("down", "-v", "--remove-orphans", check=False)
+
+
+def _accuracy(log: str) -> float:
+    found = re.findall(r"test accuracy: (\d\.\d+)", log)
+    assert found, f"no accuracy in the driver's log: {log[-1500:]}"
+    return float(found[-1])
+
+
+def test_compose_up_trains_and_a_killed_neuron_leaves_the_model_unchanged(compose_cmd, mnist_dir, tmp_path):
+    first = Project(compose_cmd, mnist_dir, tmp_path / "first")
+    first.out.mkdir()
+    try:
+        first.run("up", "-d")
+        assert first.wait_driver() == 0, first.logs("driver")[-3000:]
+        log = first.logs("driver")
+        assert _accuracy(log) >= 0.9
+        assert first.env["CUTTLEFISH_PASSWORD"] not in log + first.logs("neuron-l1-0")
+        assert {p.name for p in first.out.iterdir()} >= {"model.npz", "metrics.jsonl", "training.svg"}
+    finally:
+        first.down()
+
+    second = Project(compose_cmd, mnist_dir, tmp_path / "second")
+    second.out.mkdir()
+    try:
+        second.run("up", "-d")
+        victim = second.container("neuron-l1-1")
+        deadline = time.monotonic() + 300
+        while "step " not in second.logs("driver"):  # training is under way
+            assert time.monotonic() < deadline, second.logs("driver")[-2000:]
+            time.sleep(0.5)
+        # kill -9 from the host, as a crash or the OOM killer would: `docker kill` counts as a manual stop,
+        # after which Docker applies no restart policy
+        pid = subprocess.run(["docker", "inspect", "-f", "{{.State.Pid}}", victim], capture_output=True,
+                             text=True, check=True).stdout.strip()
+        os.kill(int(pid), 9)
+        assert second.wait_driver() == 0, second.logs("driver")[-3000:]
+        log = second.logs("driver")
+        assert "replays from checkpoint" in log, log[-3000:]  # the driver noticed and recovered
+        restarts = subprocess.run(["docker", "inspect", "-f", "{{.RestartCount}}", victim],
+                                  capture_output=True, text=True).stdout.strip()
+        assert restarts == "1"  # restarted by its on-failure policy
+    finally:
+        second.down()
+    a, b = np.load(first.out / "model.npz"), np.load(second.out / "model.npz")
+    assert sorted(a.files) == sorted(b.files)
+    assert all(np.array_equal(a[k], b[k]) for k in a.files)
