@@ -13,6 +13,7 @@ import queue as _queue
 import threading
 import time
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FuturesTimeout
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import pika
@@ -50,6 +51,8 @@ class RabbitBroker(Broker):
             self.prefetch = int(prefetch if prefetch is not None else query.pop("prefetch", 64))
             query.setdefault("heartbeat", str(heartbeat))
             query.setdefault("connection_attempts", "1")
+            # a broker under a memory or disk alarm blocks publishers; give up and reconnect instead of hanging
+            query.setdefault("blocked_connection_timeout", "300")
             self._params = pika.URLParameters(urlunsplit(parts._replace(query=urlencode(query))))
         except (ValueError, TypeError) as exc:
             raise BrokerError(f"bad broker URL {redact_url(url)!r}: {exc}") from None
@@ -116,23 +119,28 @@ class RabbitBroker(Broker):
         except BrokerError as exc:
             self._error = exc
         self._ready.set()
-        while not self._closed and self._error is None:
-            try:
-                self._run_ops()
-                self._conn.process_data_events(time_limit=0.2)
-                self._run_ops()
-            except _CONNECTION_ERRORS as exc:
-                if self._closed:
-                    break
-                log.warning("lost the broker connection to %s (%s: %s); reconnecting",
-                            redact_url(self.url), type(exc).__name__, exc)
-                self._drop_connection()
+        try:
+            while not self._closed and self._error is None:
                 try:
-                    self._open(time.monotonic() + self._reconnect_timeout)
-                except BrokerError as err:
-                    self._error = err
-        self._drop_connection()
-        self._fail_pending(self._error or BrokerClosed(redact_url(self.url)))
+                    self._run_ops()
+                    self._conn.process_data_events(time_limit=0.2)
+                    self._run_ops()
+                except _CONNECTION_ERRORS + (pex.ChannelWrongStateError, pex.ChannelClosed) as exc:
+                    if self._closed:
+                        break
+                    log.warning("lost the broker connection to %s (%s: %s); reconnecting",
+                                redact_url(self.url), type(exc).__name__, exc)
+                    self._drop_connection()
+                    try:
+                        self._open(time.monotonic() + self._reconnect_timeout)
+                    except BrokerError as err:
+                        self._error = err
+        except Exception as exc:  # noqa: BLE001 - whatever ends this thread must reach the callers
+            log.exception("the broker I/O thread failed")
+            self._error = BrokerUnavailable(self.url, f"I/O thread failed: {type(exc).__name__}: {exc}")
+        finally:
+            self._drop_connection()
+            self._fail_pending(self._error or BrokerClosed(redact_url(self.url)))
 
     def _fail_pending(self, error: BrokerError) -> None:
         while self._ops:
@@ -146,6 +154,11 @@ class RabbitBroker(Broker):
         with self._wake_lock:
             self._wake_pending = False  # what is appended from here on wakes the thread again
         while self._ops and self._channel is not None:
+            if not self._channel.is_open:
+                # closed by the broker on its own (say, an unknown delivery tag): a fresh channel, and
+                # the consumers again; their unacked deliveries come back
+                self._channel = self._conn.channel()
+                self._restore()
             fn, future = self._ops[0]
             try:
                 result = fn()
@@ -159,6 +172,15 @@ class RabbitBroker(Broker):
                 self._channel = self._conn.channel()
                 self._restore()
                 continue
+            except _CONNECTION_ERRORS + (pex.ChannelWrongStateError,):
+                raise  # the operation stays queued and runs again after the reconnect
+            except Exception as exc:  # noqa: BLE001 - a bad operation must fail alone, not kill the I/O thread
+                self._ops.popleft()
+                if future is not None:
+                    future.set_exception(BrokerError(f"{type(exc).__name__}: {exc}"))
+                else:
+                    log.error("a broker operation failed: %s: %s", type(exc).__name__, exc)
+                continue
             self._ops.popleft()
             if future is not None:
                 future.set_result(result)
@@ -168,6 +190,8 @@ class RabbitBroker(Broker):
             raise BrokerClosed(redact_url(self.url))
         if self._error is not None:
             raise self._error
+        if not self._thread.is_alive():
+            raise BrokerUnavailable(self.url, "the connection's I/O thread has stopped")
         future = Future() if wait else None
         with self._wake_lock:
             self._ops.append((fn, future))
@@ -183,7 +207,7 @@ class RabbitBroker(Broker):
             return None
         try:
             return future.result(timeout=self._op_timeout)
-        except TimeoutError:
+        except FuturesTimeout:
             raise BrokerUnavailable(self.url, f"no answer within {self._op_timeout:.0f} s") from None
 
     # -- operations run on the I/O thread -------------------------------------------------------------
@@ -256,8 +280,8 @@ class RabbitBroker(Broker):
             self._inbox[queue] = _queue.SimpleQueue()
 
             def op() -> None:
-                self._consuming.add(queue)
                 self._consume_on(queue)
+                self._consuming.add(queue)
             try:
                 self._submit(op, wait=True)
             except BrokerError:
@@ -270,6 +294,8 @@ class RabbitBroker(Broker):
             try:
                 item = inbox.get(timeout=left) if left != 0 else inbox.get_nowait()
             except _queue.Empty:
+                if self._error is not None or not self._thread.is_alive():
+                    raise self._error or BrokerClosed(redact_url(self.url)) from None
                 return None
             if item is _STOP:
                 inbox.put(_STOP)

@@ -12,7 +12,8 @@ import yaml
 
 from neuron.topology import Topology
 
-PASSWORD = "${CUTTLEFISH_PASSWORD:?set CUTTLEFISH_PASSWORD in the environment or in .env}"
+# the password goes into URLs unescaped, so it must be URL-safe: letters, digits, . _ ~ -
+PASSWORD = "${CUTTLEFISH_PASSWORD:?set a URL-safe CUTTLEFISH_PASSWORD in the environment or .env}"
 RABBITMQ_IMAGE = "${CUTTLEFISH_RABBITMQ_IMAGE:-rabbitmq:3.13}"
 REDIS_IMAGE = "${CUTTLEFISH_REDIS_IMAGE:-redis:7.2}"
 NEURON_IMAGE = "${CUTTLEFISH_NEURON_IMAGE:-cuttlefish/neuron:latest}"
@@ -57,7 +58,8 @@ def render(topo: Topology, deploy, *, config_path: str, build_context: str = "."
             "command": ["sh", "-c", 'exec redis-server --appendonly yes --requirepass "$$REDIS_PASSWORD"'],
             "environment": {"REDIS_PASSWORD": PASSWORD},
             "volumes": ["redis-data:/data"],
-            "healthcheck": {"test": ["CMD-SHELL", 'redis-cli -a "$$REDIS_PASSWORD" --no-auth-warning ping | grep -q PONG'],
+            # REDISCLI_AUTH keeps the password off redis-cli's command line (and out of `ps`)
+            "healthcheck": {"test": ["CMD-SHELL", 'REDISCLI_AUTH="$$REDIS_PASSWORD" redis-cli ping | grep -q PONG'],
                             "interval": "5s", "timeout": "10s", "retries": 30},
             "restart": "unless-stopped",
         },
@@ -98,7 +100,7 @@ def render(topo: Topology, deploy, *, config_path: str, build_context: str = "."
 
 def dump(document: dict, config_label: str) -> str:
     """The compose document as YAML text with its explanatory header."""
-    body = yaml.safe_dump(document, sort_keys=False, default_flow_style=False, width=120)
+    body = yaml.safe_dump(document, sort_keys=False, default_flow_style=False, width=200)
     return HEADER.format(config=config_label) + body
 
 

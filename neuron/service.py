@@ -8,6 +8,7 @@ is read from the run's manifest, written by the driver, so every neuron of a run
 from __future__ import annotations
 
 import argparse
+import ctypes
 import logging
 import os
 import signal
@@ -34,6 +35,7 @@ from paramstore.errors import StoreError
 log = logging.getLogger("neuron")
 
 EXIT_USAGE = 2
+_PR_SET_PDEATHSIG = 1
 T = TypeVar("T")
 
 
@@ -120,6 +122,8 @@ class Heartbeat:
 
     def __init__(self, actor: Actor, checkpoints: Checkpoints, interval: float) -> None:
         self.actor, self.checkpoints, self.interval = actor, checkpoints, interval
+        # several missed beats, not one slow store write, mark a neuron as gone
+        self.ttl = max(5 * interval, 5.0)
         self.stop = threading.Event()
         self.started = time.time()
         self._thread = threading.Thread(target=self._run, name="cuttlefish-heartbeat", daemon=True)
@@ -133,13 +137,13 @@ class Heartbeat:
     def _run(self) -> None:
         while not self.stop.wait(self.interval):
             try:
-                self.checkpoints.beat(self.actor.name, self.status(), ttl=max(3 * self.interval, 2.0))
+                self.checkpoints.beat(self.actor.name, self.status(), ttl=self.ttl)
             except StoreError as exc:  # a store outage must not kill the neuron; the driver notices the silence
                 log.warning("heartbeat of %s failed: %s", self.actor.name, exc)
 
     def start(self) -> None:
         """Beat once now, then every interval."""
-        self.checkpoints.beat(self.actor.name, self.status(), ttl=max(3 * self.interval, 2.0))
+        self.checkpoints.beat(self.actor.name, self.status(), ttl=self.ttl)
         self._thread.start()
 
 
@@ -180,8 +184,23 @@ def serve(run_id: str, layer: int, index: int, broker_url: str, store_url: str, 
         store.close()
 
 
+def _die_with_parent() -> bool:
+    """Under a supervisor (CUTTLEFISH_PARENT_PID): be killed with it; False if it is already gone."""
+    parent = os.environ.get("CUTTLEFISH_PARENT_PID", "")
+    if not parent.isdigit():
+        return True
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass  # not Linux: the neuron outlives a killed supervisor until the driver stops it
+    return os.getppid() == int(parent)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one neuron; 0 when told to stop, 1 when it failed, 2 for bad flags or environment."""
+    if not _die_with_parent():
+        print("neuron: the supervising process is gone", file=sys.stderr)
+        return 1
     args = _parser().parse_args(argv)
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

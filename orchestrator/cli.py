@@ -142,6 +142,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         state = _stored_run(config.paramstore, run_id)
         if state is not None and state.get("status") == "done":
             print(f"run {run_id} is already finished; remove it from the store to train again", file=sys.stderr)
+            if args.save_model:  # a driver killed after finishing but before saving still leaves the model
+                save_model(args.save_model, _stored_params(config, run_id, state["latest"]))
             if state.get("test_accuracy") is not None:
                 print(f"test accuracy: {state['test_accuracy']:.4f}")
             return 0
@@ -178,6 +180,14 @@ def _stored_run(store_url: str, run_id: str) -> dict | None:
     """The manifest of `run_id` in the store, or None."""
     with open_store(store_url) as store:
         return Checkpoints(store, run_id).manifest()
+
+
+def _stored_params(config: Config, run_id: str, version: int):
+    """The model at committed `version` of `run_id`, assembled from the stored slices."""
+    with open_store(config.paramstore) as store:
+        checkpoints = Checkpoints(store, run_id)
+        layers = [checkpoints.read_layer(version, layer, ("W", "b")) for layer in range(1, len(config.network.sizes))]
+    return [(arrays["W"], arrays["b"]) for arrays in layers]
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:

@@ -50,6 +50,10 @@ class DriverOptions:
     liveness: Callable[[], None] | None = None  # raises NeuronLost (recoverable) or TrainingError if an actor died
 
 
+class _Stalled(NeuronLost):
+    """Nothing arrived for stall_timeout seconds during training."""
+
+
 class Driver:
     """Runs one training run of `topo` over `broker`, checkpointing through `checkpoints`."""
 
@@ -116,7 +120,7 @@ class Driver:
                 if self._starting:
                     missing = sorted(set(self.actors) - self._ready)
                     raise TrainingError(f"{silent}; not ready: {', '.join(missing)}")
-                raise NeuronLost(silent)  # a message lost with a broker connection: replay the steps
+                raise _Stalled(silent)  # a message lost with a broker connection: replay the steps
             return
         self._last_message = time.monotonic()
         try:
@@ -206,12 +210,17 @@ class Driver:
         neuron and replays the same batches from there, so the final weights are those of an undisturbed run.
         """
         t0, version = time.monotonic(), start
+        stalls: dict[int, int] = {}
         while True:
             try:
                 self.start_generation(generation, version)
                 result = self.train(train, test, schedule, version)
                 break
             except NeuronLost as exc:
+                if isinstance(exc, _Stalled):
+                    stalls[version] = stalls.get(version, 0) + 1
+                    if stalls[version] >= 2:  # replaying did not help: too slow or stuck, not a lost message
+                        raise TrainingError(f"{exc}, twice from checkpoint {version}") from exc
                 self.recoveries += 1
                 if self.recoveries > self.options.max_recoveries:
                     raise TrainingError(f"gave up after {self.options.max_recoveries} recoveries: {exc}") from exc

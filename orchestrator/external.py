@@ -9,6 +9,7 @@ from typing import Iterator
 from neuron.topology import Topology
 from orchestrator.errors import NeuronLost
 from paramstore.checkpoint import Checkpoints
+from paramstore.errors import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,11 @@ class HeartbeatWatch:
         if now < self._next:
             return
         self._next = now + self.interval
-        beats = self.checkpoints.heartbeats()
+        try:
+            beats = self.checkpoints.heartbeats()
+        except StoreError as exc:  # the store may be restarting; its absence is not a neuron's death
+            log.warning("could not read heartbeats: %s", exc)
+            return
         lost = []
         for actor in sorted(self.actors):
             status = beats.get(actor)

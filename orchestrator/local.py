@@ -1,31 +1,21 @@
 """The local deployment: one OS process per neuron on this machine, supervised and restarted when one dies."""
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
-import signal
 import subprocess
 import sys
 import time
 from contextlib import contextmanager
 from typing import Iterator
 
+from neuron.service import EXIT_USAGE
 from neuron.topology import Topology
 from orchestrator.errors import NeuronLost, TrainingError
 
 log = logging.getLogger(__name__)
 
-_PR_SET_PDEATHSIG = 1
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _die_with_parent() -> None:
-    # A killed driver must not leave its neurons consuming the run's queues behind a resumed one.
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):
-        pass  # not Linux: the neurons then outlive a killed driver until it is resumed or they are stopped
 
 
 class ProcessGroup:
@@ -50,8 +40,10 @@ class ProcessGroup:
                    CUTTLEFISH_LOG_LEVEL=env.get("CUTTLEFISH_LOG_LEVEL", self.log_level),
                    OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
                    PYTHONPATH=os.pathsep.join(filter(None, (_ROOT, env.get("PYTHONPATH")))))
-        return subprocess.Popen([sys.executable, "-m", "neuron"], env=env, stdin=subprocess.DEVNULL,
-                                preexec_fn=_die_with_parent)
+        # the neuron asks the kernel to kill it with this process (CUTTLEFISH_PARENT_PID): a killed driver
+        # must not leave neurons consuming the run's queues behind a resumed one
+        env["CUTTLEFISH_PARENT_PID"] = str(os.getpid())
+        return subprocess.Popen([sys.executable, "-m", "neuron"], env=env, stdin=subprocess.DEVNULL)
 
     def start(self) -> None:
         """Start every neuron process."""
@@ -71,6 +63,8 @@ class ProcessGroup:
             status = proc.poll()
             if status is None:
                 continue
+            if status == EXIT_USAGE:  # bad flags or environment: a restart would fail the same way
+                raise TrainingError(f"neuron {name} refused its settings (exit status {status}); see its output")
             self.restarts += 1
             if self.restarts > self.max_restarts:
                 raise TrainingError(f"neuron {name} exited with status {status}; "

@@ -17,7 +17,7 @@ from orchestrator.errors import TrainingError
 from orchestrator.model import Params, init_params
 from orchestrator.plan import build_plan
 from orchestrator.schedule import Schedule
-from paramstore import open_store
+from paramstore import open_store, redact_url
 from paramstore.base import Store
 from paramstore.checkpoint import Checkpoints
 
@@ -88,7 +88,7 @@ def train_run(
         if resume:
             manifest = checkpoints.manifest()
             if manifest is None or manifest.get("latest") is None:
-                raise TrainingError(f"nothing to resume: run {run_id!r} has no committed checkpoint in {config.paramstore}")
+                raise TrainingError(f"nothing to resume: run {run_id!r} has no committed checkpoint in {redact_url(config.paramstore)}")
             _check_resumable(manifest, topo, schedule)
             version, generation = int(manifest["latest"]), int(manifest.get("generation", 0)) + 1
             if version >= schedule.total_steps:
