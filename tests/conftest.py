@@ -77,3 +77,15 @@ def amqp_url(_services) -> str:
 def redis_url(_services) -> str:
     """URL of a Redis shared by the session (CUTTLEFISH_TEST_REDIS_URL, else a container)."""
     return _service_url("redis", "CUTTLEFISH_TEST_REDIS_URL", _services)
+
+
+@pytest.fixture(scope="session")
+def dynamodb_url(_services) -> str:
+    """URL of a DynamoDB table (CUTTLEFISH_TEST_DYNAMODB_URL, else a moto server of this session)."""
+    if os.environ.get("CUTTLEFISH_TEST_DYNAMODB_URL"):
+        return os.environ["CUTTLEFISH_TEST_DYNAMODB_URL"]
+    try:
+        import moto.server  # noqa: F401
+    except ImportError:
+        require(False, "the DynamoDB tests need moto[server] (pip install 'cuttlefish[test]')")
+    return _services.enter_context(services.moto_dynamodb())

@@ -70,3 +70,23 @@ def redis() -> Iterator[tuple[str, object]]:
     with RedisContainer(image("redis"), password=password) as box:
         host, port = box.get_container_host_ip(), box.get_exposed_port(box.port)
         yield f"redis://:{password}@{host}:{port}/0", box
+
+
+@contextmanager
+def moto_dynamodb() -> Iterator[str]:
+    """A dynamodb:// URL of a table in a moto server on a free local port (AWS itself is not reachable)."""
+    import socket
+
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    for var, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing")):
+        os.environ.setdefault(var, value)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"dynamodb://cuttlefish-test?region=us-east-1&endpoint=http://127.0.0.1:{port}&create=1"
+    finally:
+        server.stop()

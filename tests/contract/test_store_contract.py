@@ -1,7 +1,7 @@
 """One behavioural contract for every paramstore backend, plus the checkpoint layout on top of each.
 
-Redis runs against CUTTLEFISH_TEST_REDIS_URL or a container (tests/services.py); DynamoDB joins when
-CUTTLEFISH_TEST_DYNAMODB_URL is set. Every test works
+Redis runs against CUTTLEFISH_TEST_REDIS_URL or a container, DynamoDB against CUTTLEFISH_TEST_DYNAMODB_URL
+or a moto server (tests/services.py). Every test works
 inside its own key namespace (`ns`), so shared services need no flushing between tests.
 """
 from __future__ import annotations
@@ -29,9 +29,8 @@ SERVICE_URL_ENV = {
     "redis": "CUTTLEFISH_TEST_REDIS_URL",
     "dynamodb": "CUTTLEFISH_TEST_DYNAMODB_URL",
 }
-# redis always runs (a container when no URL is given); dynamodb only against a given service for now
-BACKENDS = ["memory", "file", "redis"] + [name for name, var in SERVICE_URL_ENV.items()
-                                          if name != "redis" and os.environ.get(var)]
+# redis runs in a container and dynamodb in a moto server unless their URLs are given
+BACKENDS = ["memory", "file", "redis", "dynamodb"]
 
 DTYPES = [np.float32, np.float64, np.int32, np.int64, np.uint8]
 
@@ -43,10 +42,8 @@ def store(request, tmp_path):
         url = "memory://"
     elif request.param == "file":
         url = f"file://{tmp_path / 'store'}"
-    elif request.param == "redis":
-        url = request.getfixturevalue("redis_url")
     else:
-        url = os.environ[SERVICE_URL_ENV[request.param]]
+        url = request.getfixturevalue(f"{request.param}_url")
     with open_store(url) as s:
         yield s
 

@@ -262,3 +262,10 @@ def test_external_neurons_restarted_by_their_own_policy_recover_bitwise(small_mn
         group.stop()
     assert killed == ["L2.1"] and result.recoveries >= 1
     assert _same(result.params, reference)
+
+
+def test_dynamodb_store_on_the_local_target_matches_memory(small_mnist, reference, amqp_url, dynamodb_url):
+    train, test = small_mnist
+    config = _config(amqp_url, dynamodb_url)
+    result = train_run(config, train, test, run_id=f"it-ddb-{os.getpid()}", max_steps=STEPS, target="local")
+    assert _same(result.params, reference)
