@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
 import sys
@@ -24,6 +25,8 @@ from orchestrator.runner import TARGETS, make_schedule, new_run_id, train_run
 from compose import render as compose_render
 from broker import connect as connect_broker
 from orchestrator.plot import training_svg
+from orchestrator.aws import EcsDeployer
+from orchestrator.ecs import ecs_plan
 from orchestrator.status import find_run, format_status, run_status
 from paramstore import BACKENDS as STORES
 from paramstore import open_store
@@ -65,15 +68,26 @@ def _parser() -> argparse.ArgumentParser:
 
     dep = sub.add_parser("deploy", help="write what runs the network on a deployment target")
     dep.add_argument("config")
-    dep.add_argument("--target", choices=("compose",), required=True)
-    dep.add_argument("-o", "--output", default="docker-compose.yml", help="file to write ('-' for standard output)")
+    dep.add_argument("--target", choices=("compose", "ecs"), required=True)
+    dep.add_argument("-o", "--output", default="docker-compose.yml", help="compose: file to write ('-' for standard output)")
     dep.add_argument("--run-id", help="run id the services train (default: cf-<config name>)")
+    dep.add_argument("--region", help="ecs: AWS region (default: the config's ecs.region)")
+    dep.add_argument("--dry-run", action="store_true", help="ecs: print the plan as JSON and call nothing")
+
+    down = sub.add_parser("teardown", help="remove what deploy created")
+    down.add_argument("config")
+    down.add_argument("--target", choices=("ecs",), required=True)
+    down.add_argument("--run-id", help="run id (default: cf-<config name>)")
+    down.add_argument("--region")
 
     st = sub.add_parser("status", help="the neurons and progress of a run")
     st.add_argument("config", nargs="?", help="YAML config whose store and broker URLs to use")
     st.add_argument("--store", default=os.environ.get("CUTTLEFISH_STORE"), help="parameter store URL [CUTTLEFISH_STORE]")
     st.add_argument("--broker", default=os.environ.get("CUTTLEFISH_BROKER"), help="broker URL for queue depths [CUTTLEFISH_BROKER]")
     st.add_argument("--run-id", help="the run (default: the newest in the store)")
+    st.add_argument("--target", choices=("store", "ecs"), default="store",
+                    help="store: neurons and progress from the store; ecs: the run's ECS services")
+    st.add_argument("--region")
 
     ev = sub.add_parser("evaluate", help="test accuracy of a saved model")
     ev.add_argument("config")
@@ -208,12 +222,36 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_deploy(args: argparse.Namespace) -> int:
-    config = _config(args)
-    stem = os.path.splitext(os.path.basename(args.config))[0]
-    run_id = args.run_id or f"cf-{stem}"
+def _deploy_run_id(args: argparse.Namespace) -> str:
+    run_id = args.run_id or f"cf-{os.path.splitext(os.path.basename(args.config))[0]}"
     if not RUN_ID.match(run_id):
         raise ConfigError("--run-id", f"must be 1-64 of A-Z a-z 0-9 _ . - (got {run_id!r})")
+    return run_id
+
+
+def _ecs(args: argparse.Namespace) -> tuple[dict, object]:
+    """The ECS plan of the config and, unless --dry-run, a deployer for its region."""
+    config = _config(args)
+    with open(args.config, encoding="utf-8") as fh:
+        text = fh.read()
+    plan = ecs_plan(config, build_plan(config, _deploy_run_id(args)), text, region=args.region)
+    return plan, (None if getattr(args, "dry_run", False) else EcsDeployer(plan["region"]))
+
+
+def _cmd_deploy(args: argparse.Namespace) -> int:
+    if args.target == "ecs":
+        plan, deployer = _ecs(args)
+        if deployer is None:
+            print(json.dumps(plan, indent=2))
+            return 0
+        report = deployer.apply(plan)
+        for what in ("created", "updated", "removed"):
+            for item in report[what]:
+                print(f"{what} {item}")
+        print(f"{len(report['unchanged'])} unchanged; cluster {plan['cluster']} in {plan['region']}")
+        return 0
+    config = _config(args)
+    run_id = _deploy_run_id(args)
     folder = "." if args.output == "-" else os.path.dirname(os.path.abspath(args.output))
     if not os.path.isdir(folder):
         raise ConfigError("--output", f"folder {folder} does not exist")
@@ -231,7 +269,25 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_teardown(args: argparse.Namespace) -> int:
+    plan, deployer = _ecs(args)
+    report = deployer.teardown(plan)
+    for item in report["removed"]:
+        print(f"removed {item}")
+    for item in report.get("kept", []):
+        print(f"kept {item}")
+    return 0
+
+
 def _cmd_status(args: argparse.Namespace) -> int:
+    if args.target == "ecs":
+        if not args.config:
+            raise ConfigError("status", "--target ecs needs the config")
+        plan, deployer = _ecs(args)
+        rows = [("service", "status", "desired", "running", "pending", "task definition"), *deployer.status(plan)]
+        widths = [max(len(str(r[i])) for r in rows) for i in range(6)]
+        print("\n".join("  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows))
+        return 0
     store_url, broker_url = args.store, args.broker
     if args.config:
         config = load_config(args.config)
@@ -248,7 +304,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"plan": _cmd_plan, "deploy": _cmd_deploy, "status": _cmd_status, "train": _cmd_train, "evaluate": _cmd_evaluate, "predict": _cmd_predict}
+COMMANDS = {"plan": _cmd_plan, "deploy": _cmd_deploy, "teardown": _cmd_teardown, "status": _cmd_status, "train": _cmd_train, "evaluate": _cmd_evaluate, "predict": _cmd_predict}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -62,11 +62,29 @@ class TrainingConfig:
 
 @dataclass(frozen=True)
 class EcsConfig:
-    """Where to run on AWS ECS; every field is optional."""
+    """Where to run on AWS ECS; every field is optional here, `deploy --target ecs` says what it needs."""
 
-    task_definition: str | None = None
+    task_definition: str | None = None  # prefix of the task definition families (default: the run id)
     cluster: str | None = None
-    auto_scaling_group_resource_id: str | None = None
+    auto_scaling_group_resource_id: str | None = None  # ARN of an Auto Scaling group: an EC2 capacity provider
+    region: str | None = None
+    launch_type: str = "FARGATE"
+    subnets: tuple[str, ...] = ()
+    security_groups: tuple[str, ...] = ()
+    assign_public_ip: bool = False
+    execution_role_arn: str | None = None
+    task_role_arn: str | None = None
+    log_group: str | None = None
+    image: str | None = None
+    broker_secret_arn: str | None = None  # a secret holding the whole broker URL, password included
+    store_secret_arn: str | None = None  # the same for the store (or store_url when it has no password)
+    store_url: str | None = None
+    self_hosted: bool = False  # run RabbitMQ and Redis as services found through Cloud Map
+    password_secret_arn: str | None = None  # their password, when self-hosted
+    namespace: str = "cuttlefish.local"
+    vpc_id: str | None = None
+    rabbitmq_image: str = "rabbitmq:3.13"
+    redis_image: str = "redis:7.2"
 
 
 @dataclass(frozen=True)
@@ -370,11 +388,36 @@ _TRAINING_FIELDS = (
     _Field("weight_decay", _number(lambda x: 0 <= x < 1, ">= 0 and < 1"), 0.0),
 )
 
+_text_list = _check(lambda v: isinstance(v, list) and all(isinstance(x, str) and x for x in v),
+                    "must be a list of non-empty strings")
+
 _ECS_FIELDS = (
     _Field("task_definition", _optional(_text), None),
     _Field("cluster", _optional(_text), None),
     _Field("auto_scaling_group_resource_id", _optional(_text), None),
+    _Field("region", _optional(_text), None),
+    _Field("launch_type", _choice(("FARGATE", "EC2")), "FARGATE"),
+    _Field("subnets", _text_list, []),
+    _Field("security_groups", _text_list, []),
+    _Field("assign_public_ip", _boolean, False),
+    _Field("execution_role_arn", _optional(_text), None),
+    _Field("task_role_arn", _optional(_text), None),
+    _Field("log_group", _optional(_text), None),
+    _Field("image", _optional(_text), None),
+    _Field("broker_secret_arn", _optional(_text), None),
+    _Field("store_secret_arn", _optional(_text), None),
+    _Field("store_url", _optional(_url), None),
+    _Field("self_hosted", _boolean, False),
+    _Field("password_secret_arn", _optional(_text), None),
+    _Field("namespace", _text, "cuttlefish.local"),
+    _Field("vpc_id", _optional(_text), None),
+    _Field("rabbitmq_image", _text, "rabbitmq:3.13"),
+    _Field("redis_image", _text, "redis:7.2"),
 )
+
+
+def _build_ecs(v: dict[str, Any], _path: str) -> EcsConfig:
+    return EcsConfig(**{k: tuple(x) if isinstance(x, list) else x for k, x in v.items()})
 
 _DEPLOY_FIELDS = (
     _Field("cpus", _optional(_number_or_list(lambda x: x > 0, "> 0")), None),
@@ -389,7 +432,7 @@ _SCALAR_FIELDS = (
 _TOP_FIELDS = (
     _Field("neural_network", _section(_NETWORK_FIELDS, _build_network), attr="network"),
     _Field("training", _section(_TRAINING_FIELDS, _build_training), {}),
-    _Field("ecs", _section(_ECS_FIELDS, lambda v, _path: EcsConfig(**v)), {}),
+    _Field("ecs", _section(_ECS_FIELDS, _build_ecs), {}),
     _Field("deploy", _section(_DEPLOY_FIELDS, lambda v, _path: DeployConfig(**v)), {}),
     *_SCALAR_FIELDS,
 )

@@ -80,12 +80,19 @@ def redis_url(_services) -> str:
 
 
 @pytest.fixture(scope="session")
-def dynamodb_url(_services) -> str:
-    """URL of a DynamoDB table (CUTTLEFISH_TEST_DYNAMODB_URL, else a moto server of this session)."""
-    if os.environ.get("CUTTLEFISH_TEST_DYNAMODB_URL"):
-        return os.environ["CUTTLEFISH_TEST_DYNAMODB_URL"]
+def moto_endpoint(_services) -> str:
+    """Endpoint URL of a moto server shared by the session."""
     try:
         import moto.server  # noqa: F401
     except ImportError:
-        require(False, "the DynamoDB tests need moto[server] (pip install 'cuttlefish[test]')")
-    return _services.enter_context(services.moto_dynamodb())
+        require(False, "the AWS tests need moto[server] (pip install 'cuttlefish[test]')")
+    return _services.enter_context(services.moto_server())
+
+
+@pytest.fixture(scope="session")
+def dynamodb_url(request) -> str:
+    """URL of a DynamoDB table (CUTTLEFISH_TEST_DYNAMODB_URL, else in the session's moto server)."""
+    if os.environ.get("CUTTLEFISH_TEST_DYNAMODB_URL"):
+        return os.environ["CUTTLEFISH_TEST_DYNAMODB_URL"]
+    endpoint = request.getfixturevalue("moto_endpoint")
+    return f"dynamodb://cuttlefish-test?region=us-east-1&endpoint={endpoint}&create=1"

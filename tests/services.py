@@ -73,8 +73,8 @@ def redis() -> Iterator[tuple[str, object]]:
 
 
 @contextmanager
-def moto_dynamodb() -> Iterator[str]:
-    """A dynamodb:// URL of a table in a moto server on a free local port (AWS itself is not reachable)."""
+def moto_server() -> Iterator[str]:
+    """The endpoint URL of a moto server (every AWS service) on a free local port; AWS itself is not reachable."""
     import socket
 
     from moto.server import ThreadedMotoServer
@@ -87,6 +87,6 @@ def moto_dynamodb() -> Iterator[str]:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     try:
-        yield f"dynamodb://cuttlefish-test?region=us-east-1&endpoint=http://127.0.0.1:{port}&create=1"
+        yield f"http://127.0.0.1:{port}"
     finally:
         server.stop()

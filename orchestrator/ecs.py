@@ -1,0 +1,131 @@
+"""The ECS plan of a network: cluster, capacity provider, log group, task definitions, services. Pure data.
+
+Every neuron, the loss head and the driver is an ECS service of one task. Each has its own task definition
+family, since a neuron's role is in its environment. Broker and store URLs, passwords included, reach the
+containers only as `secrets` (Secrets Manager or SSM ARNs), never inline.
+"""
+from __future__ import annotations
+
+import base64
+
+from neuron.topology import Topology
+from orchestrator.config import Config
+from orchestrator.errors import ConfigError
+
+# Fargate's valid cpu units and, for each, the smallest memory (MiB) it accepts
+FARGATE_CPU = {256: 512, 512: 1024, 1024: 2048, 2048: 4096, 4096: 8192}
+
+
+def _sizing(cpus: float | None, memory_mb: int | None, fargate: bool) -> tuple[str, str]:
+    units = max(256, round((cpus or 0.25) * 1024))
+    memory = memory_mb or 512
+    if fargate:
+        units = next((u for u in sorted(FARGATE_CPU) if u >= units), 4096)
+        memory = max(memory, FARGATE_CPU[units])
+    return str(units), str(memory)
+
+
+def _check(config: Config, region: str | None) -> str:
+    ecs = config.ecs
+    region = region or ecs.region
+    problems = []
+    if not region:
+        problems.append(("ecs.region", "is needed (or --region)"))
+    if not ecs.image:
+        problems.append(("ecs.image", "names the neuron image in a registry ECS can pull from"))
+    if ecs.launch_type == "FARGATE" and not ecs.subnets:
+        problems.append(("ecs.subnets", "are needed for Fargate's awsvpc networking"))
+    if not ecs.broker_secret_arn:
+        problems.append(("ecs.broker_secret_arn", "names the secret holding the broker URL"))
+    if not (ecs.store_secret_arn or ecs.store_url):
+        problems.append(("ecs.store_secret_arn", "or ecs.store_url names the parameter store"))
+    if ecs.store_url and "@" in ecs.store_url:
+        problems.append(("ecs.store_url", "must hold no credentials: put such a URL in a secret (store_secret_arn)"))
+    if not ecs.execution_role_arn:
+        problems.append(("ecs.execution_role_arn", "is needed to read the secrets and write the logs"))
+    if ecs.self_hosted and not (ecs.password_secret_arn and ecs.vpc_id):
+        problems.append(("ecs.password_secret_arn", "and ecs.vpc_id are needed when self_hosted is true"))
+    if problems:
+        path, reason = problems[0]
+        more = f" (and {len(problems) - 1} more: {', '.join(p for p, _ in problems[1:])})" if len(problems) > 1 else ""
+        raise ConfigError(path, reason + more)
+    return region
+
+
+def ecs_plan(config: Config, topo: Topology, config_text: str, *, region: str | None = None) -> dict:
+    """Everything `deploy --target ecs` creates or updates, as JSON-ready data; ConfigError if incomplete."""
+    region = _check(config, region)
+    ecs, run = config.ecs, topo.run_id
+    # task definition families carry the run, so two runs sharing ecs.task_definition never share a family
+    base = (ecs.task_definition or run).split(":")[0]
+    prefix = run if base == run else f"{base}-{run}"
+    cluster = ecs.cluster or f"cuttlefish-{run}"
+    log_group = ecs.log_group or f"/cuttlefish/{run}"
+    fargate = ecs.launch_type == "FARGATE"
+    secrets = [{"name": "CUTTLEFISH_BROKER", "valueFrom": ecs.broker_secret_arn}]
+    environment = [{"name": "CUTTLEFISH_RUN_ID", "value": run}, {"name": "OPENBLAS_NUM_THREADS", "value": "1"}]
+    if ecs.store_secret_arn:
+        secrets.append({"name": "CUTTLEFISH_STORE", "valueFrom": ecs.store_secret_arn})
+    else:
+        environment.append({"name": "CUTTLEFISH_STORE", "value": ecs.store_url})
+
+    def task(role: str, image: str, command: list[str], env: list[dict], task_secrets: list[dict],
+             cpus: float | None, memory: int | None, port: int | None = None) -> dict:
+        cpu, mem = _sizing(cpus, memory, fargate)
+        container = {
+            "name": role, "image": image, "essential": True, "command": command,
+            "environment": sorted(env, key=lambda e: e["name"]), "secrets": sorted(task_secrets, key=lambda e: e["name"]),
+            "logConfiguration": {"logDriver": "awslogs", "options": {
+                "awslogs-group": log_group, "awslogs-region": region, "awslogs-stream-prefix": role}},
+        }
+        if port:
+            container["portMappings"] = [{"containerPort": port, "protocol": "tcp"}]
+        definition = {"family": f"{prefix}-{role}", "networkMode": "awsvpc", "cpu": cpu, "memory": mem,
+                      "requiresCompatibilities": [ecs.launch_type], "executionRoleArn": ecs.execution_role_arn,
+                      "containerDefinitions": [container]}
+        if ecs.task_role_arn:
+            definition["taskRoleArn"] = ecs.task_role_arn
+        return definition
+
+    tasks, services = [], []
+
+    def service(role: str, definition: dict, discovery: str | None = None) -> None:
+        tasks.append(definition)
+        svc = {"serviceName": f"{run}-{role}", "taskDefinition": definition["family"], "desiredCount": 1,
+               "networkConfiguration": {"awsvpcConfiguration": {
+                   "subnets": list(ecs.subnets), "securityGroups": list(ecs.security_groups),
+                   "assignPublicIp": "ENABLED" if ecs.assign_public_ip else "DISABLED"}}}
+        if ecs.auto_scaling_group_resource_id:
+            svc["capacityProviderStrategy"] = [{"capacityProvider": f"{cluster}-asg", "weight": 1}]
+        else:
+            svc["launchType"] = ecs.launch_type
+        if discovery:
+            svc["discovery"] = discovery
+        services.append(svc)
+
+    for layer, index in topo.neurons():
+        cpus, memory = config.deploy.for_layer(layer)
+        env = environment + [{"name": "CUTTLEFISH_LAYER", "value": str(layer)}, {"name": "CUTTLEFISH_INDEX", "value": str(index)}]
+        service(f"l{layer}-{index}", task(f"l{layer}-{index}", ecs.image, ["python3", "-m", "neuron"], env, secrets, cpus, memory))
+    head_env = environment + [{"name": "CUTTLEFISH_LAYER", "value": "head"}, {"name": "CUTTLEFISH_INDEX", "value": "0"}]
+    service("head", task("head", ecs.image, ["python3", "-m", "neuron"], head_env, secrets, None, None))
+    # the driver gets the config itself (base64 in its environment): a changed config updates only its task
+    driver_env = [*environment, {"name": "CUTTLEFISH_CONFIG_B64", "value": base64.b64encode(config_text.encode()).decode()}]
+    driver_cmd = ["sh", "-c", 'printf %s "$CUTTLEFISH_CONFIG_B64" | base64 -d > /tmp/network.yaml && exec python3 -m '
+                  f'orchestrator train /tmp/network.yaml --target external --run-id {run} --resume-or-start']
+    service("driver", task("driver", ecs.image, driver_cmd, driver_env, secrets, 1.0, 2048))
+    namespace = None
+    if ecs.self_hosted:
+        namespace = {"name": ecs.namespace, "vpc": ecs.vpc_id}
+        password = [{"name": "RABBITMQ_DEFAULT_PASS", "valueFrom": ecs.password_secret_arn}]
+        service("rabbitmq", task("rabbitmq", ecs.rabbitmq_image, [], [{"name": "RABBITMQ_DEFAULT_USER", "value": "cuttlefish"}],
+                                 password, 1.0, 2048, 5672), discovery="rabbitmq")
+        redis_secret = [{"name": "REDIS_PASSWORD", "valueFrom": ecs.password_secret_arn}]
+        service("redis", task("redis", ecs.redis_image, ["sh", "-c", 'exec redis-server --appendonly yes --requirepass "$REDIS_PASSWORD"'],
+                              [], redis_secret, 0.5, 1024, 6379), discovery="redis")
+    return {
+        "region": region, "run": run, "cluster": cluster, "log_group": log_group,
+        "capacity_provider": ({"name": f"{cluster}-asg", "autoScalingGroupArn": ecs.auto_scaling_group_resource_id}
+                              if ecs.auto_scaling_group_resource_id else None),
+        "namespace": namespace, "task_definitions": tasks, "services": services,
+    }
