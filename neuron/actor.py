@@ -111,6 +111,8 @@ class Actor(ABC):
         if self.generation is not None and generation <= self.generation:
             self.stats["stale"] += 1
             return
+        if "topology" in data:  # the driver may have rescaled a layer: every actor adopts the new split
+            self.adopt(self._topology_of(data["topology"]))
         try:
             self.on_start(version)
         except CheckpointMissing as exc:
@@ -127,6 +129,31 @@ class Actor(ABC):
             except ProtocolError as exc:
                 self.stats["rejected"] += 1
                 log.warning("%s dropped a buffered message: %s", self.name, exc)
+
+    def _topology_of(self, raw: object) -> Topology:
+        try:
+            topo = Topology.from_dict(raw) if isinstance(raw, dict) else None
+        except (TypeError, ValueError, KeyError) as exc:
+            raise ProtocolError(f"start carries a malformed topology: {exc}") from exc
+        if topo is None or not self.topo.same_network(topo):
+            raise ProtocolError("start carries the topology of another run or network")
+        if self.layer != self.topo.head_layer and self.index >= topo.shards[self.layer - 1]:
+            raise ProtocolError(f"{self.name} is not part of the new split of layer {self.layer}")
+        return topo
+
+    def adopt(self, topo: Topology) -> None:
+        """Take `topo` (the same network, maybe split differently) as the run's topology from now on."""
+        if topo == self.topo:
+            return
+        for queue in topo.all_queues():  # the new neighbours' queues, before anything is sent to them
+            self.broker.declare(queue, dead_letter=topo.dead_letter_queue)
+        self.topo = topo
+        self.schema = topo.schema_for(self.layer, self.index)
+        self.on_topology()
+        self.stats["rescaled"] += 1
+
+    def on_topology(self) -> None:
+        """Recompute what depends on the split of the layers (after adopt)."""
 
     def forget_before(self, step: int) -> None:
         """Drop duplicate-filter entries of steps before `step` (they can no longer be accepted anyway)."""

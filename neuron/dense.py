@@ -22,17 +22,21 @@ class DenseNeuron(Actor):
         if not 1 <= layer <= topo.depth:
             raise ValueError(f"layer {layer} is not a dense layer of a {topo.depth}-layer network")
         self.checkpoints = checkpoints
-        self.rows = topo.splits(layer)[index]
         self.activation = topo.activation_of(layer)
-        self.prev_splits = topo.splits(layer - 1)
-        last = layer == topo.depth
-        self.next_queues = [topo.queue(topo.head_layer)] if last else [
-            topo.queue(layer + 1, s) for s in range(topo.shards[layer])]
-        self.prev_queues = [topo.queue(layer - 1, s) for s in range(len(self.prev_splits))] if layer > 1 else []
         self.state_names = state_names(topo.optimizer)
+        self.on_topology()
         self.params: dict[str, np.ndarray] = {}
         self.opt_state: dict[str, np.ndarray] = {}
         self._reset()
+
+    def on_topology(self) -> None:
+        """This neuron's rows and its neighbours' splits and queues under the current topology."""
+        topo, layer = self.topo, self.layer
+        self.rows = topo.splits(layer)[self.index]
+        self.prev_splits = topo.splits(layer - 1)
+        self.next_queues = [topo.queue(topo.head_layer)] if layer == topo.depth else [
+            topo.queue(layer + 1, s) for s in range(topo.shards[layer])]
+        self.prev_queues = [topo.queue(layer - 1, s) for s in range(len(self.prev_splits))] if layer > 1 else []
 
     def _reset(self) -> None:
         self._fwd: dict[tuple[int, int, int], dict[int, np.ndarray]] = {}  # (eval, step, micro) -> parts

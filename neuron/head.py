@@ -16,9 +16,13 @@ class LossHead(Actor):
 
     def __init__(self, topo: Topology, broker: Broker) -> None:
         super().__init__(topo, topo.head_layer, 0, broker)
-        self.out_splits = topo.splits(topo.depth)
-        self.out_queues = [topo.queue(topo.depth, s) for s in range(len(self.out_splits))]
+        self.on_topology()
         self._reset()
+
+    def on_topology(self) -> None:
+        """The output layer's split and queues under the current topology."""
+        self.out_splits = self.topo.splits(self.topo.depth)
+        self.out_queues = [self.topo.queue(self.topo.depth, s) for s in range(len(self.out_splits))]
 
     def _reset(self) -> None:
         self._logits: dict[tuple[int, int, int], dict[int, np.ndarray]] = {}  # (eval, step, micro) -> parts

@@ -1,6 +1,8 @@
 """What every actor of a run must agree on: layer sizes, row splits, hyperparameters and queue names."""
 from __future__ import annotations
 
+import dataclasses
+
 import hashlib
 import math
 import re
@@ -60,6 +62,21 @@ class Topology:
         for layer, (units, parts) in enumerate(zip(self.sizes[1:], self.shards), start=1):
             if not 1 <= parts <= units:
                 raise ValueError(f"layer {layer}: {parts} shards for {units} units")
+
+    def with_shards(self, layer: int, shards: int) -> "Topology":
+        """This topology with `layer` (1-based) split into `shards` neurons (ValueError if impossible)."""
+        if not 1 <= layer <= self.depth:
+            raise ValueError(f"no layer {layer}: the network has layers 1-{self.depth}")
+        split = list(self.shards)
+        split[layer - 1] = shards
+        return dataclasses.replace(self, shards=tuple(split))
+
+    def same_network(self, other: "Topology") -> bool:
+        """Whether `other` is this run and network, possibly split differently."""
+        mine, theirs = self.to_dict(), other.to_dict()
+        mine.pop("shards")
+        theirs.pop("shards")
+        return mine == theirs
 
     @property
     def depth(self) -> int:

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+import time
 from urllib.parse import urlsplit
 
 from broker import BACKENDS as BROKERS
@@ -20,11 +21,12 @@ from orchestrator.model import load_model, model_sizes, save_model
 from orchestrator.plan import build_plan, format_plan
 from orchestrator.progress import Progress
 from orchestrator.reference import accuracy, predict
-from neuron.topology import RUN_ID
+from neuron.topology import RUN_ID, Topology
 from orchestrator.runner import TARGETS, make_schedule, new_run_id, train_run
 from compose import render as compose_render
 from broker import connect as connect_broker
 from orchestrator.plot import training_svg
+from orchestrator import rescale
 from orchestrator.aws import EcsDeployer
 from orchestrator.ecs import ecs_plan
 from orchestrator.status import find_run, format_status, run_status
@@ -88,6 +90,14 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--target", choices=("store", "ecs"), default="store",
                     help="store: neurons and progress from the store; ecs: the run's ECS services")
     st.add_argument("--region")
+
+    sc = sub.add_parser("scale", help="split a layer of a running run into a different number of neurons")
+    sc.add_argument("config", nargs="?", help="YAML config whose store URL to use")
+    sc.add_argument("--layer", type=int, required=True, help="layer number (1 = first hidden layer)")
+    sc.add_argument("--shards", type=int, required=True, help="neurons the layer is split into from now on")
+    sc.add_argument("--store", default=os.environ.get("CUTTLEFISH_STORE"), help="parameter store URL [CUTTLEFISH_STORE]")
+    sc.add_argument("--run-id", help="the run (default: the newest in the store)")
+    sc.add_argument("--wait", type=float, default=600.0, help="seconds to wait for the driver to carry it out")
 
     ev = sub.add_parser("evaluate", help="test accuracy of a saved model")
     ev.add_argument("config")
@@ -269,6 +279,38 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_scale(args: argparse.Namespace) -> int:
+    store_url = args.store or (load_config(args.config).paramstore if args.config else None)
+    if not store_url or urlsplit(store_url).scheme == "memory":
+        raise ConfigError("--store", "scale talks to the run's driver through a shared store: give --store or a config")
+    with open_store(store_url) as store:
+        run_id = find_run(store, args.run_id)
+        checkpoints = Checkpoints(store, run_id)
+        manifest = checkpoints.manifest() or {}
+        if manifest.get("status") != "running" or "topology" not in manifest:
+            raise ConfigError("--run-id", f"run {run_id} is not running (status {manifest.get('status')!r})")
+        topo = Topology.from_dict(manifest["topology"])
+        try:
+            topo.with_shards(args.layer, args.shards)
+        except ValueError as exc:
+            raise ConfigError("--shards", str(exc)) from None
+        rid = rescale.request_scale(store, run_id, args.layer, args.shards)
+        print(f"asked run {run_id} to split layer {args.layer} into {args.shards} neurons at its next checkpoint",
+              file=sys.stderr)
+        deadline = time.monotonic() + args.wait
+        while time.monotonic() < deadline:
+            done = [r for r in (checkpoints.manifest() or {}).get("rescales", []) if r.get("id") == rid]
+            if done:
+                entry = done[0]
+                if "refused" in entry:
+                    raise OrchestratorError(f"the driver refused the rescale: {entry['refused']}")
+                print(f"layer {entry['layer']}: {entry['from']} -> {entry['to']} neurons at checkpoint "
+                      f"{entry['version']}, generation {entry['generation']}; training paused {entry['pause_s']:.2f} s")
+                return 0
+            time.sleep(0.2)
+    raise OrchestratorError(f"the driver did not carry out the rescale within {args.wait:.0f} s (is it running?)")
+
+
 def _cmd_teardown(args: argparse.Namespace) -> int:
     plan, deployer = _ecs(args)
     report = deployer.teardown(plan)
@@ -304,7 +346,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"plan": _cmd_plan, "deploy": _cmd_deploy, "teardown": _cmd_teardown, "status": _cmd_status, "train": _cmd_train, "evaluate": _cmd_evaluate, "predict": _cmd_predict}
+COMMANDS = {"plan": _cmd_plan, "deploy": _cmd_deploy, "teardown": _cmd_teardown, "status": _cmd_status, "scale": _cmd_scale, "train": _cmd_train, "evaluate": _cmd_evaluate, "predict": _cmd_predict}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,7 +14,9 @@ from neuron.errors import CodecError
 from neuron.optim import state_names
 from neuron.topology import Topology, micro_sizes
 from orchestrator.data import Dataset, to_inputs
+from orchestrator import rescale
 from orchestrator.errors import NeuronLost, TrainingError
+from orchestrator.rescale import RescaleRequested
 from orchestrator.model import Params
 from orchestrator.schedule import Schedule
 from paramstore.checkpoint import Checkpoints
@@ -48,6 +50,7 @@ class DriverOptions:
     on_step: Callable[[int, float, int], None] | None = None  # (step, loss, samples)
     on_epoch: Callable[[int, float], None] | None = None  # (epoch, test accuracy)
     liveness: Callable[[], None] | None = None  # raises NeuronLost (recoverable) or TrainingError if an actor died
+    on_rescale: Callable[[Topology, int], None] | None = None  # (new topology, layer): replace that layer's neurons
 
 
 class _Stalled(NeuronLost):
@@ -58,10 +61,11 @@ class Driver:
     """Runs one training run of `topo` over `broker`, checkpointing through `checkpoints`."""
 
     def __init__(self, topo: Topology, broker: Broker, checkpoints: Checkpoints, options: DriverOptions) -> None:
-        self.topo, self.broker, self.checkpoints, self.options = topo, broker, checkpoints, options
+        self.broker, self.checkpoints, self.options = broker, checkpoints, options
         self.queue = topo.queue(0)
-        self.schema = topo.schema_for(0, 0)
-        self.actors = [f"L{layer}.{index}" for layer, index in topo.neurons()] + ["head"]
+        self._set_topology(topo)
+        self._look_for_rescale = False
+        self._pending_record: dict | None = None
         self.generation = 0
         self._ready: set[str] = set()
         self._losses: dict[int, dict] = {}
@@ -74,6 +78,11 @@ class Driver:
         self._sent: dict[int, int] = {}  # step -> samples, over every generation
         self.epoch_accuracy: dict[int, float] = {}
         self.recoveries = 0
+
+    def _set_topology(self, topo: Topology) -> None:
+        self.topo = topo
+        self.schema = topo.schema_for(0, 0)
+        self.actors = [f"L{layer}.{index}" for layer, index in topo.neurons()] + ["head"]
 
     # -- set-up -----------------------------------------------------------------------------------
     def declare(self) -> None:
@@ -104,6 +113,7 @@ class Driver:
         self.checkpoints.commit(version, splits, {**info, "generation": self.generation})
         self.checkpoints.prune(keep=self.options.keep_checkpoints)
         self._committed = version
+        self._look_for_rescale = True
 
     # -- messages ---------------------------------------------------------------------------------
     def _control(self, data: dict) -> None:
@@ -196,7 +206,7 @@ class Driver:
         self._committed = version
         # a restarted driver must pick a generation above every one that ever ran
         self.checkpoints.update_manifest(generation=generation)
-        self._control({"op": "start", "generation": generation, "version": version})
+        self._control({"op": "start", "generation": generation, "version": version, "topology": self.topo.to_dict()})
         self._starting = True
         try:
             self._wait(lambda: len(self._ready) == len(self.actors), "every neuron to load its checkpoint")
@@ -214,8 +224,18 @@ class Driver:
         while True:
             try:
                 self.start_generation(generation, version)
+                if self._pending_record is not None:  # training resumes: the pause of a rescale is over
+                    entry, self._pending_record = self._pending_record, None
+                    entry["pause_s"] = round(time.monotonic() - entry.pop("t0"), 3)
+                    entry["to"] = self.topo.shards[entry["layer"] - 1]
+                    rescale.record(self.checkpoints, entry)
+                    log.warning("layer %d now has %d neurons; training paused %.2f s",
+                                entry["layer"], entry["to"], entry["pause_s"])
                 result = self.train(train, test, schedule, version)
                 break
+            except RescaleRequested as req:
+                version, generation = self.checkpoints.latest(), self.generation + 1
+                self._rescale(req.request, version, generation)
             except NeuronLost as exc:
                 if isinstance(exc, _Stalled):
                     stalls[version] = stalls.get(version, 0) + 1
@@ -231,6 +251,29 @@ class Driver:
         result.seconds = time.monotonic() - t0
         result.recoveries = self.recoveries
         return result
+
+    def _rescale(self, request: dict, version: int, generation: int) -> None:
+        """Switch to the requested split; the next start_generation has every actor adopt it."""
+        t0 = time.monotonic()
+        new = rescale.resolve(self.checkpoints, self.topo, request)
+        if new is None:
+            return
+        old, layer = self.topo, request["layer"]
+        gone = [old.queue(layer, i) for i in range(new.shards[layer - 1], old.shards[layer - 1])]
+        for queue in [new.queue(layer, i) for i in range(old.shards[layer - 1], new.shards[layer - 1])]:
+            self.broker.declare(queue, dead_letter=new.dead_letter_queue)
+            self.broker.purge(queue)
+        self._set_topology(new)
+        self.checkpoints.update_manifest(topology=new.to_dict())  # new neuron processes read their split here
+        if self.options.on_rescale is not None:
+            self.options.on_rescale(new, layer)
+        for queue in gone:
+            self.broker.delete(queue)
+        self.checkpoints.store.delete(rescale.request_key(new.run_id))
+        self._pending_record = {**request, "from": old.shards[layer - 1], "version": version,
+                                "generation": generation, "t0": t0}
+        log.warning("rescaling layer %d from %d to %d neurons at checkpoint %d", layer,
+                    old.shards[layer - 1], new.shards[layer - 1], version)
 
     def stop(self) -> None:
         """Tell every actor to exit."""
@@ -251,6 +294,11 @@ class Driver:
             self._wait(lambda: step - opts.window <= start - 1 or (step - opts.window) in self._losses,
                        f"the loss of step {step - opts.window}")
             self._commit_ready(info)
+            if self._look_for_rescale:  # only at a checkpoint: the new split starts from it
+                self._look_for_rescale = False
+                request = rescale.pending(self.checkpoints.store, self.topo.run_id)
+                if request is not None:
+                    raise RescaleRequested(request)
             if schedule.epoch_of(step) != epoch:
                 epoch = schedule.epoch_of(step)
                 order = schedule.order(epoch)

@@ -23,6 +23,12 @@ class HeartbeatWatch:
         self._seen: dict[str, tuple] = {}  # actor -> (host, pid, started) of the process last seen
         self._next = 0.0
 
+    def rescale(self, topo: Topology, layer: int) -> None:
+        """Watch the neurons of the new split of `layer` (started by whoever runs the containers)."""
+        self.actors = {f"L{lay}.{index}" for lay, index in topo.neurons()} | {"head"}
+        self._seen = {actor: who for actor, who in self._seen.items()
+                      if actor in self.actors and not actor.startswith(f"L{layer}.")}
+
     def check(self) -> None:
         """Raise NeuronLost if a neuron seen before is gone or is a new process; reads the store once a second."""
         now = time.monotonic()

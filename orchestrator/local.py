@@ -75,6 +75,24 @@ class ProcessGroup:
         if lost:
             raise NeuronLost(f"neuron process {', '.join(lost)} died and was restarted")
 
+    def rescale(self, topo: Topology, layer: int) -> None:
+        """Stop the neurons of `layer` and start the set `topo` splits it into; the others keep running."""
+        old = {name: self.procs.pop(name) for name in list(self.roles) if name.startswith(f"L{layer}.")}
+        for name, proc in old.items():
+            del self.roles[name]
+            proc.terminate()  # SIGTERM: the neuron finishes the message at hand and exits 0
+        for proc in old.values():  # gone before a successor consumes the same queue
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.topo = topo
+        for index in range(topo.shards[layer - 1]):
+            name = f"L{layer}.{index}"
+            self.roles[name] = (str(layer), str(index))
+            self.procs[name] = self._spawn(name)
+
     def stop(self, timeout: float = 15.0) -> None:
         """Wait for the neurons to exit after the driver's stop message, then terminate what is left."""
         self._stopping = True

@@ -111,6 +111,7 @@ def train_run(
             actors = external_actors(topo, checkpoints)
         with actors as group:
             driver.options.liveness = group.check
+            driver.options.on_rescale = getattr(group, "rescale", None)
             if on_actors is not None:
                 on_actors(group)
             try:
