@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import os
+import subprocess
 import sys
 import time
 from urllib.parse import urlsplit
@@ -98,6 +99,10 @@ def _parser() -> argparse.ArgumentParser:
     sc.add_argument("--store", default=os.environ.get("CUTTLEFISH_STORE"), help="parameter store URL [CUTTLEFISH_STORE]")
     sc.add_argument("--run-id", help="the run (default: the newest in the store)")
     sc.add_argument("--wait", type=float, default=600.0, help="seconds to wait for the driver to carry it out")
+    sc.add_argument("--target", choices=("local", "compose"), default="local",
+                    help="local: the driver's supervisor replaces the processes; compose: this command "
+                         "regenerates the compose file and applies it to that layer's services")
+    sc.add_argument("-f", "--compose-file", default="docker-compose.yml", help="compose: the file to regenerate")
 
     ev = sub.add_parser("evaluate", help="test accuracy of a saved model")
     ev.add_argument("config")
@@ -294,10 +299,19 @@ def _cmd_scale(args: argparse.Namespace) -> int:
             topo.with_shards(args.layer, args.shards)
         except ValueError as exc:
             raise ConfigError("--shards", str(exc)) from None
+        if args.target == "compose" and not args.config:
+            raise ConfigError("scale", "--target compose needs the config the compose file was made from")
         rid = rescale.request_scale(store, run_id, args.layer, args.shards)
         print(f"asked run {run_id} to split layer {args.layer} into {args.shards} neurons at its next checkpoint",
               file=sys.stderr)
         deadline = time.monotonic() + args.wait
+        if args.target == "compose":
+            while time.monotonic() < deadline:  # the driver switched the split: start the new set
+                current = Topology.from_dict((checkpoints.manifest() or {})["topology"])
+                if current.shards[args.layer - 1] == args.shards:
+                    _apply_compose_layer(args, current)
+                    break
+                time.sleep(0.2)
         while time.monotonic() < deadline:
             done = [r for r in (checkpoints.manifest() or {}).get("rescales", []) if r.get("id") == rid]
             if done:
@@ -309,6 +323,23 @@ def _cmd_scale(args: argparse.Namespace) -> int:
                 return 0
             time.sleep(0.2)
     raise OrchestratorError(f"the driver did not carry out the rescale within {args.wait:.0f} s (is it running?)")
+
+
+def _apply_compose_layer(args: argparse.Namespace, topo: Topology) -> None:
+    """Rewrite the compose file for `topo`'s split and bring that layer's services in line; others untouched."""
+    config = load_config(args.config)
+    folder = os.path.dirname(os.path.abspath(args.compose_file))
+    document = compose_render.render(topo, config.deploy, config_path=compose_render.relative(args.config, folder),
+                                     build_context=compose_render.relative(ROOT, folder))
+    with open(args.compose_file, "w", encoding="utf-8") as fh:
+        fh.write(compose_render.dump(document, os.path.relpath(args.config, folder)))
+    layer = [name for name in document["services"] if name.startswith(f"neuron-l{args.layer}-")]
+    compose = ["docker", "compose", "-f", args.compose_file]
+    # --remove-orphans drops the services of neurons the new split no longer has
+    done = subprocess.run([*compose, "up", "-d", "--no-deps", "--remove-orphans", *layer],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise OrchestratorError(f"docker compose up of layer {args.layer} failed: {done.stderr.strip()[-500:]}")
 
 
 def _cmd_teardown(args: argparse.Namespace) -> int:

@@ -52,7 +52,7 @@ def run_status(store: Store, broker: Broker | None, run_id: str, now: float | No
     summary = {"run": run_id, "status": manifest.get("status", "?"), "generation": manifest.get("generation"),
                "checkpoint": manifest.get("latest"), "total_steps": total,
                "test_accuracy": manifest.get("test_accuracy"), "alive": sum(r[1] == "yes" for r in rows),
-               "actors": len(rows)}
+               "actors": len(rows), "shards": list(topo.shards), "rescales": manifest.get("rescales", [])}
     return summary, rows
 
 
@@ -65,6 +65,11 @@ def format_status(summary: dict, rows: list[tuple]) -> str:
     head = (f"run {summary['run']}: {summary['status']}, generation {summary['generation']}, {progress}, "
             f"{summary['alive']}/{summary['actors']} neurons alive"
             + (f", test accuracy {acc:.4f}" if isinstance(acc, (int, float)) else ""))
+    head += f"\nneurons per layer: {summary.get('shards')}"
+    for r in summary.get("rescales", []):
+        head += (f"\nrescaled layer {r.get('layer')}: refused ({r['refused']})" if "refused" in r else
+                 f"\nrescaled layer {r.get('layer')}: {r.get('from')} -> {r.get('to')} neurons at checkpoint "
+                 f"{r.get('version')} (generation {r.get('generation')}, paused {r.get('pause_s')} s)")
     table = [COLUMNS, *rows]
     widths = [max(len(str(r[i])) for r in table) for i in range(len(COLUMNS))]
     lines = ["  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip() for r in table]

@@ -91,7 +91,7 @@ def test_status_shows_the_neurons_of_a_running_run(small_mnist, amqp_url, redis_
     assert main(["status", "--store", redis_url, "--run-id", run_id]) == 0
     during, after = capsys.readouterr().out.split(f"run {run_id}:")[1:3]
     assert "running" in during and "8/8 neurons alive" in during
-    rows = [line.split() for line in during.splitlines()[2:]]
+    rows = [line.split() for line in during.splitlines() if line.startswith(("L", "head"))]
     assert sorted(r[0] for r in rows) == ["L1.0", "L1.1", "L1.2", "L2.0", "L2.1", "L3.0", "L3.1", "head"]
     assert all(r[1] == "yes" and r[2] in ("-", "1") and r[7].isdigit() for r in rows)  # alive, a queue depth
     assert any(r[2] == "1" and int(r[3]) > 0 for r in rows)  # heartbeats carry generation and step
@@ -269,3 +269,37 @@ def test_dynamodb_store_on_the_local_target_matches_memory(small_mnist, referenc
     config = _config(amqp_url, dynamodb_url)
     result = train_run(config, train, test, run_id=f"it-ddb-{os.getpid()}", max_steps=STEPS, target="local")
     assert _same(result.params, reference)
+
+
+def test_rescaling_layers_of_a_running_run_keeps_the_mathematics(small_mnist, amqp_url, redis_url, capsys):
+    """Layer 1 from 3 neurons to 1, then to 4; float64, so agreement is to rounding (shards change sums)."""
+    from orchestrator.cli import main
+
+    train, test = small_mnist
+    config = _config().with_training(dtype="float64")
+    plain = train_run(config, train, test, run_id="ref64", max_steps=STEPS).params
+    run_id, answers = f"it-scale-{os.getpid()}", []
+
+    def scaler(group):
+        def loop():
+            for shards in (1, 4):
+                answers.append(main(["scale", "--store", redis_url, "--run-id", run_id, "--layer", "1",
+                                     "--shards", str(shards), "--wait", "120"]))
+        threading.Thread(target=loop, daemon=True).start()
+
+    result = train_run(config.replace(broker=amqp_url, paramstore=redis_url), train, test, run_id=run_id,
+                       max_steps=STEPS, target="local", on_actors=scaler)
+    assert answers == [0, 0]
+    out = capsys.readouterr().out
+    assert "layer 1: 3 -> 1 neurons at checkpoint" in out and "layer 1: 1 -> 4 neurons at checkpoint" in out
+    worst = max(float(np.abs(a - b).max()) for p, q in zip(plain, result.params) for a, b in zip(p, q))
+    assert worst < 1e-12, worst
+    with open_store(redis_url) as store:
+        manifest = Checkpoints(store, run_id).manifest()
+    assert [(r["from"], r["to"]) for r in manifest["rescales"]] == [(3, 1), (1, 4)]
+    assert all(r["pause_s"] > 0 for r in manifest["rescales"]) and manifest["topology"]["shards"][0] == 4
+    assert main(["status", "--store", redis_url, "--run-id", run_id]) == 0
+    table = capsys.readouterr().out
+    assert sorted(line.split()[0] for line in table.splitlines() if line.startswith("L1.")) == \
+        ["L1.0", "L1.1", "L1.2", "L1.3"]
+    assert "neurons per layer: [4, 2, 2]" in table and "rescaled layer 1: 1 -> 4 neurons" in table
