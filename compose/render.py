@@ -58,6 +58,8 @@ def render(topo: Topology, deploy, *, config_path: str, build_context: str = "."
             "command": ["sh", "-c", 'exec redis-server --appendonly yes --requirepass "$$REDIS_PASSWORD"'],
             "environment": {"REDIS_PASSWORD": PASSWORD},
             "volumes": ["redis-data:/data"],
+            # loopback only, on a free port: `scale`/`status` from this host find it with `docker compose port`
+            "ports": ["127.0.0.1::6379"],
             # REDISCLI_AUTH keeps the password off redis-cli's command line (and out of `ps`)
             "healthcheck": {"test": ["CMD-SHELL", 'REDISCLI_AUTH="$$REDIS_PASSWORD" redis-cli ping | grep -q PONG'],
                             "interval": "5s", "timeout": "10s", "retries": 30},

@@ -284,8 +284,27 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compose_store_url(compose_file: str) -> str:
+    """The Redis of a running compose project, as this host reaches it (its loopback port and the password)."""
+    done = subprocess.run(["docker", "compose", "-f", compose_file, "port", "redis", "6379"],
+                          capture_output=True, text=True)
+    address = done.stdout.strip().splitlines()[-1] if done.returncode == 0 and done.stdout.strip() else ""
+    if not address:
+        raise OrchestratorError(f"no running Redis in the compose project of {compose_file}: {done.stderr.strip()[-300:]}")
+    password = os.environ.get("CUTTLEFISH_PASSWORD")
+    env_file = os.path.join(os.path.dirname(os.path.abspath(compose_file)), ".env")
+    if password is None and os.path.exists(env_file):
+        with open(env_file, encoding="utf-8") as fh:
+            found = [line.split("=", 1)[1].strip() for line in fh if line.startswith("CUTTLEFISH_PASSWORD=")]
+        password = found[-1] if found else None
+    if not password:
+        raise ConfigError("CUTTLEFISH_PASSWORD", "is needed to reach the compose project's Redis (environment or .env)")
+    return f"redis://:{password}@{address}/0"
+
+
 def _cmd_scale(args: argparse.Namespace) -> int:
-    store_url = args.store or (load_config(args.config).paramstore if args.config else None)
+    store_url = args.store or (_compose_store_url(args.compose_file) if args.target == "compose" else None)
+    store_url = store_url or (load_config(args.config).paramstore if args.config else None)
     if not store_url or urlsplit(store_url).scheme == "memory":
         raise ConfigError("--store", "scale talks to the run's driver through a shared store: give --store or a config")
     with open_store(store_url) as store:

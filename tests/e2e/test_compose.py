@@ -35,7 +35,7 @@ class Project:
     """One compose project (its own name, password and output folder)."""
 
     def __init__(self, cmd, mnist_dir, out):
-        self.cmd, self.out = cmd, out
+        self.cmd, self.out = list(cmd), out
         self.env = {**os.environ, "COMPOSE_PROJECT_NAME": f"cfe2e{secrets.token_hex(3)}",
                     "CUTTLEFISH_PASSWORD": secrets.token_hex(12), "CUTTLEFISH_DATA": str(mnist_dir),
                     "CUTTLEFISH_OUT": str(out)}
@@ -106,3 +106,38 @@ def test_compose_up_trains_and_a_killed_neuron_leaves_the_model_unchanged(compos
     a, b = np.load(first.out / "model.npz"), np.load(second.out / "model.npz")
     assert sorted(a.files) == sorted(b.files)
     assert all(np.array_equal(a[k], b[k]) for k in a.files)
+
+
+def test_scaling_a_layer_of_a_running_compose_project(compose_cmd, mnist_dir, tmp_path):
+    """`scale --target compose` mid-run: the file is regenerated, that layer's services change, the model agrees."""
+    runs = {}
+    for name in ("plain", "scaled"):
+        project = Project(compose_cmd, mnist_dir, tmp_path / name)
+        project.out.mkdir()
+        compose_file = tmp_path / f"{name}.yml"  # scale rewrites its file: never the repository's
+        compose_file.write_text(COMPOSE_FILE.read_text().replace("context: .", f"context: {ROOT}").replace(
+            "./examples/compose.yaml", str(ROOT / "examples/compose.yaml")))
+        project.cmd[-1] = str(compose_file)
+        try:
+            project.run("up", "-d")
+            if name == "scaled":
+                deadline = time.monotonic() + 300
+                while "step " not in project.logs("driver"):
+                    assert time.monotonic() < deadline
+                    time.sleep(0.5)
+                before = project.container("neuron-l2-0")
+                res = subprocess.run(["python3", "-m", "orchestrator", "scale", str(ROOT / "examples/compose.yaml"),
+                                      "--layer", "1", "--shards", "3", "--target", "compose", "-f", str(compose_file)],
+                                     cwd=ROOT, env=project.env, capture_output=True, text=True, timeout=600)
+                assert res.returncode == 0, res.stderr
+                assert "layer 1: 2 -> 3 neurons" in res.stdout
+                assert "neuron-l1-2:" in compose_file.read_text()
+                assert project.container("neuron-l2-0") == before  # other layers: the same containers
+            assert project.wait_driver() == 0, project.logs("driver")[-3000:]
+            runs[name] = np.load(project.out / "model.npz")
+        finally:
+            project.down()
+    a, b = runs["plain"], runs["scaled"]
+    worst = max(float(np.abs(a[k] - b[k]).max()) for k in a.files)
+    print(f"largest weight difference after rescaling: {worst:.3g}")
+    assert worst < 1e-3  # float32, 1,876 steps: a different split changes rounding, not the mathematics
