@@ -1,0 +1,197 @@
+"""The operating commands of the CLI: deploy and teardown (compose, ECS), status and scale of a running run."""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+from urllib.parse import urlsplit
+
+from broker import connect as connect_broker
+from compose import render as compose_render
+from neuron.topology import RUN_ID, Topology
+from orchestrator import rescale
+from orchestrator.aws import EcsDeployer
+from orchestrator.config import Config, load_config
+from orchestrator.ecs import ecs_plan
+from orchestrator.errors import ConfigError, OrchestratorError
+from orchestrator.plan import build_plan
+from orchestrator.status import find_run, format_status, run_status
+from paramstore import open_store
+from paramstore.checkpoint import Checkpoints
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def config_of(args: argparse.Namespace) -> Config:
+    """The config named by `args.config`, with the command line's --epochs, --broker and --store applied."""
+    config = load_config(args.config)
+    if getattr(args, "epochs", None) is not None:
+        config = config.with_training(epochs=args.epochs)
+    if getattr(args, "broker", None):
+        config = config.replace(broker=args.broker)
+    if getattr(args, "store", None):
+        config = config.replace(paramstore=args.store)
+    return config
+
+
+def _deploy_run_id(args: argparse.Namespace) -> str:
+    run_id = args.run_id or f"cf-{os.path.splitext(os.path.basename(args.config))[0]}"
+    if not RUN_ID.match(run_id):
+        raise ConfigError("--run-id", f"must be 1-64 of A-Z a-z 0-9 _ . - (got {run_id!r})")
+    return run_id
+
+
+def _ecs(args: argparse.Namespace) -> tuple[dict, object]:
+    """The ECS plan of the config and, unless --dry-run, a deployer for its region."""
+    config = config_of(args)
+    with open(args.config, encoding="utf-8") as fh:
+        text = fh.read()
+    plan = ecs_plan(config, build_plan(config, _deploy_run_id(args)), text, region=args.region)
+    return plan, (None if getattr(args, "dry_run", False) else EcsDeployer(plan["region"]))
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    if args.target == "ecs":
+        plan, deployer = _ecs(args)
+        if deployer is None:
+            print(json.dumps(plan, indent=2))
+            return 0
+        report = deployer.apply(plan)
+        for what in ("created", "updated", "removed"):
+            for item in report[what]:
+                print(f"{what} {item}")
+        print(f"{len(report['unchanged'])} unchanged; cluster {plan['cluster']} in {plan['region']}")
+        return 0
+    config = config_of(args)
+    run_id = _deploy_run_id(args)
+    folder = "." if args.output == "-" else os.path.dirname(os.path.abspath(args.output))
+    if not os.path.isdir(folder):
+        raise ConfigError("--output", f"folder {folder} does not exist")
+    document = compose_render.render(build_plan(config, run_id), config.deploy,
+                                     config_path=compose_render.relative(args.config, folder),
+                                     build_context=compose_render.relative(ROOT, folder))
+    text = compose_render.dump(document, os.path.relpath(args.config, folder))
+    if args.output == "-":
+        sys.stdout.write(text)
+    else:
+        with open(args.output, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        print(f"wrote {args.output}: {len(document['services']) - 4} neurons, the loss head, rabbitmq, redis, driver",
+              file=sys.stderr)
+    return 0
+
+
+def _compose_store_url(compose_file: str) -> str:
+    """The Redis of a running compose project, as this host reaches it (its loopback port and the password)."""
+    done = subprocess.run(["docker", "compose", "-f", compose_file, "port", "redis", "6379"],
+                          capture_output=True, text=True)
+    address = done.stdout.strip().splitlines()[-1] if done.returncode == 0 and done.stdout.strip() else ""
+    if not address:
+        raise OrchestratorError(f"no running Redis in the compose project of {compose_file}: {done.stderr.strip()[-300:]}")
+    password = os.environ.get("CUTTLEFISH_PASSWORD")
+    env_file = os.path.join(os.path.dirname(os.path.abspath(compose_file)), ".env")
+    if password is None and os.path.exists(env_file):
+        with open(env_file, encoding="utf-8") as fh:
+            found = [line.split("=", 1)[1].strip() for line in fh if line.startswith("CUTTLEFISH_PASSWORD=")]
+        password = found[-1] if found else None
+    if not password:
+        raise ConfigError("CUTTLEFISH_PASSWORD", "is needed to reach the compose project's Redis (environment or .env)")
+    return f"redis://:{password}@{address}/0"
+
+
+def cmd_scale(args: argparse.Namespace) -> int:
+    store_url = args.store or (_compose_store_url(args.compose_file) if args.target == "compose" else None)
+    store_url = store_url or (load_config(args.config).paramstore if args.config else None)
+    if not store_url or urlsplit(store_url).scheme == "memory":
+        raise ConfigError("--store", "scale talks to the run's driver through a shared store: give --store or a config")
+    with open_store(store_url) as store:
+        run_id = find_run(store, args.run_id)
+        checkpoints = Checkpoints(store, run_id)
+        manifest = checkpoints.manifest() or {}
+        if manifest.get("status") != "running" or "topology" not in manifest:
+            raise ConfigError("--run-id", f"run {run_id} is not running (status {manifest.get('status')!r})")
+        topo = Topology.from_dict(manifest["topology"])
+        try:
+            topo.with_shards(args.layer, args.shards)
+        except ValueError as exc:
+            raise ConfigError("--shards", str(exc)) from None
+        if args.target == "compose" and not args.config:
+            raise ConfigError("scale", "--target compose needs the config the compose file was made from")
+        rid = rescale.request_scale(store, run_id, args.layer, args.shards)
+        print(f"asked run {run_id} to split layer {args.layer} into {args.shards} neurons at its next checkpoint",
+              file=sys.stderr)
+        deadline = time.monotonic() + args.wait
+        if args.target == "compose":
+            while time.monotonic() < deadline:  # the driver switched the split: start the new set
+                current = Topology.from_dict((checkpoints.manifest() or {})["topology"])
+                if current.shards[args.layer - 1] == args.shards:
+                    _apply_compose_layer(args, current)
+                    break
+                time.sleep(0.2)
+        while time.monotonic() < deadline:
+            done = [r for r in (checkpoints.manifest() or {}).get("rescales", []) if r.get("id") == rid]
+            if done:
+                entry = done[0]
+                if "refused" in entry:
+                    raise OrchestratorError(f"the driver refused the rescale: {entry['refused']}")
+                print(f"layer {entry['layer']}: {entry['from']} -> {entry['to']} neurons at checkpoint "
+                      f"{entry['version']}, generation {entry['generation']}; training paused {entry['pause_s']:.2f} s")
+                return 0
+            time.sleep(0.2)
+    raise OrchestratorError(f"the driver did not carry out the rescale within {args.wait:.0f} s (is it running?)")
+
+
+def _apply_compose_layer(args: argparse.Namespace, topo: Topology) -> None:
+    """Rewrite the compose file for `topo`'s split and bring that layer's services in line; others untouched."""
+    config = load_config(args.config)
+    folder = os.path.dirname(os.path.abspath(args.compose_file))
+    document = compose_render.render(topo, config.deploy, config_path=compose_render.relative(args.config, folder),
+                                     build_context=compose_render.relative(ROOT, folder))
+    with open(args.compose_file, "w", encoding="utf-8") as fh:
+        fh.write(compose_render.dump(document, os.path.relpath(args.config, folder)))
+    layer = [name for name in document["services"] if name.startswith(f"neuron-l{args.layer}-")]
+    compose = ["docker", "compose", "-f", args.compose_file]
+    # --remove-orphans drops the services of neurons the new split no longer has
+    done = subprocess.run([*compose, "up", "-d", "--no-deps", "--remove-orphans", *layer],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise OrchestratorError(f"docker compose up of layer {args.layer} failed: {done.stderr.strip()[-500:]}")
+
+
+def cmd_teardown(args: argparse.Namespace) -> int:
+    plan, deployer = _ecs(args)
+    report = deployer.teardown(plan)
+    for item in report["removed"]:
+        print(f"removed {item}")
+    for item in report.get("kept", []):
+        print(f"kept {item}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    if args.target == "ecs":
+        if not args.config:
+            raise ConfigError("status", "--target ecs needs the config")
+        plan, deployer = _ecs(args)
+        rows = [("service", "status", "desired", "running", "pending", "task definition"), *deployer.status(plan)]
+        widths = [max(len(str(r[i])) for r in rows) for i in range(6)]
+        print("\n".join("  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows))
+        return 0
+    store_url, broker_url = args.store, args.broker
+    if args.config:
+        config = load_config(args.config)
+        store_url, broker_url = store_url or config.paramstore, broker_url or config.broker
+    if not store_url or urlsplit(store_url).scheme == "memory":
+        raise ConfigError("--store", "status reads a shared store: give --store, CUTTLEFISH_STORE or a config")
+    with contextlib.ExitStack() as stack:
+        store = stack.enter_context(open_store(store_url))
+        broker = None
+        if broker_url and urlsplit(broker_url).scheme != "memory":
+            broker = stack.enter_context(connect_broker(broker_url))
+        run_id = find_run(store, args.run_id)
+        print(format_status(*run_status(store, broker, run_id)))
+    return 0
