@@ -55,6 +55,7 @@ def _ecs(args: argparse.Namespace) -> tuple[dict, object]:
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
+    """Write a compose file, or create or update the run's ECS resources (or print their plan)."""
     if args.target == "ecs":
         plan, deployer = _ecs(args)
         if deployer is None:
@@ -104,6 +105,7 @@ def _compose_store_url(compose_file: str) -> str:
 
 
 def cmd_scale(args: argparse.Namespace) -> int:
+    """Ask the run's driver to split a layer differently and wait until it has."""
     store_url = args.store or (_compose_store_url(args.compose_file) if args.target == "compose" else None)
     store_url = store_url or (load_config(args.config).paramstore if args.config else None)
     if not store_url or urlsplit(store_url).scheme == "memory":
@@ -163,6 +165,7 @@ def _apply_compose_layer(args: argparse.Namespace, topo: Topology) -> None:
 
 
 def cmd_teardown(args: argparse.Namespace) -> int:
+    """Remove the run's ECS services and task definitions (and the cluster, if then empty)."""
     plan, deployer = _ecs(args)
     report = deployer.teardown(plan)
     for item in report["removed"]:
@@ -173,6 +176,7 @@ def cmd_teardown(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    """Print the run's neurons and progress from the store, or its ECS services."""
     if args.target == "ecs":
         if not args.config:
             raise ConfigError("status", "--target ecs needs the config")
