@@ -41,6 +41,36 @@ training:
 """
 
 
+def reference_rate(train, steps: int, repeat: int) -> float:
+    """Best samples/s of the single-process trainer over `steps` steps of the benchmark network."""
+    base = parse_config(CONFIG.format(shards="1, 1, 1", micro=1))
+    best = 0.0
+    for _ in range(repeat):
+        trainer = ReferenceTrainer(init_params(base.network.sizes, "relu", "float32", 0), "relu", "momentum", 0.05, 0.9)
+        t0 = time.perf_counter()
+        train_reference(trainer, train, make_schedule(base, len(train), steps), "float32")
+        best = max(best, steps * base.training.batch_size / (time.perf_counter() - t0))
+    return best
+
+
+def variant_rate(train, variant: str, steps: int, repeat: int, *, target: str = "embedded",
+                 broker: str | None = None, store: str | None = None) -> float:
+    """Best samples/s of the distributed run of `variant` ("shards/micro-batches") on `target`."""
+    shards, micro = variant.split("/")
+    config = parse_config(CONFIG.format(shards=shards, micro=int(micro)))
+    if broker and store:
+        config = config.replace(broker=broker, paramstore=store)
+    best = 0.0
+    for r in range(repeat):
+        run_id = f"bench-{os.getpid()}-{variant.replace(',', '').replace('/', 'm')}-{r}"
+        t0 = time.perf_counter()
+        result = train_run(config, train, None, run_id=run_id, max_steps=steps, target=target)
+        best = max(best, steps * config.training.batch_size / (time.perf_counter() - t0))
+        if result.steps != steps:
+            raise SystemExit(f"ran {result.steps} steps, expected {steps}")
+    return best
+
+
 def main(argv=None) -> int:
     """Run both trainers on the same steps and write the figures as JSON."""
     p = argparse.ArgumentParser()
@@ -51,25 +81,11 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(ROOT / "bench/results/embedded.json"))
     args = p.parse_args(argv)
     train = load_mnist("train", args.data)
-    base = parse_config(CONFIG.format(shards="1, 1, 1", micro=1))
-    samples = args.steps * base.training.batch_size
-    best_ref = 0.0
-    for _ in range(args.repeat):
-        trainer = ReferenceTrainer(init_params(base.network.sizes, "relu", "float32", 0), "relu", "momentum", 0.05, 0.9)
-        t0 = time.perf_counter()
-        train_reference(trainer, train, make_schedule(base, len(train), args.steps), "float32")
-        best_ref = max(best_ref, samples / (time.perf_counter() - t0))
+    best_ref = reference_rate(train, args.steps, args.repeat)
     variants = []
     for variant in args.variants:
+        best = variant_rate(train, variant, args.steps, args.repeat)
         shards, micro = variant.split("/")
-        config = parse_config(CONFIG.format(shards=shards, micro=int(micro)))
-        best = 0.0
-        for _ in range(args.repeat):
-            t0 = time.perf_counter()
-            result = train_run(config, train, None, run_id="bench", max_steps=args.steps)
-            best = max(best, samples / (time.perf_counter() - t0))
-            if result.steps != args.steps:
-                raise SystemExit(f"ran {result.steps} steps, expected {args.steps}")
         variants.append({"shards": [int(s) for s in shards.split(",")], "micro_batches": int(micro),
                          "embedded_samples_per_s": round(best, 1), "ratio": round(best / best_ref, 3)})
     out = {

@@ -22,13 +22,10 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.bench_embedded import CONFIG  # noqa: E402
+from bench.bench_embedded import reference_rate, variant_rate  # noqa: E402
 from broker import connect  # noqa: E402
-from orchestrator.config import parse_config  # noqa: E402
 from orchestrator.data import load_mnist  # noqa: E402
 from orchestrator.model import init_params  # noqa: E402
-from orchestrator.reference import ReferenceTrainer, train_reference  # noqa: E402
-from orchestrator.runner import make_schedule, train_run  # noqa: E402
 from paramstore import open_store  # noqa: E402
 from paramstore.checkpoint import Checkpoints  # noqa: E402
 
@@ -119,26 +116,11 @@ def checkpoint_times(url: str, sizes: tuple[int, ...], repeat: int) -> dict:
 def training(amqp: str, redis_url: str, steps: int, repeat: int, variants: list[str], data: str) -> dict:
     """Samples/s of 784-256-256-10 (batch 128, float32): single process against a process per neuron."""
     train = load_mnist("train", data)
-    base = parse_config(CONFIG.format(shards="1, 1, 1", micro=1))
-    samples = steps * base.training.batch_size
-    best_ref = 0.0
-    for _ in range(repeat):
-        trainer = ReferenceTrainer(init_params(base.network.sizes, "relu", "float32", 0), "relu", "momentum", 0.05, 0.9)
-        t0 = time.perf_counter()
-        train_reference(trainer, train, make_schedule(base, len(train), steps), "float32")
-        best_ref = max(best_ref, samples / (time.perf_counter() - t0))
+    best_ref = reference_rate(train, steps, repeat)
     rows = []
     for variant in variants:
+        best = variant_rate(train, variant, steps, repeat, target="local", broker=amqp, store=redis_url)
         shards, micro = variant.split("/")
-        config = parse_config(CONFIG.format(shards=shards, micro=int(micro))).replace(broker=amqp, paramstore=redis_url)
-        best = 0.0
-        for r in range(repeat):
-            t0 = time.perf_counter()
-            result = train_run(config, train, None, run_id=f"bench-{os.getpid()}-{variant.replace(',', '').replace('/', 'm')}-{r}",
-                               max_steps=steps, target="local")
-            best = max(best, samples / (time.perf_counter() - t0))
-            if result.steps != steps:
-                raise SystemExit(f"ran {result.steps} steps, expected {steps}")
         rows.append({"shards": [int(s) for s in shards.split(",")], "micro_batches": int(micro),
                      "samples_per_s": round(best, 1), "ratio": round(best / best_ref, 3)})
     return {"network": "784-256-256-10", "batch": 128, "dtype": "float32", "steps": steps,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+from types import MappingProxyType
 from urllib.parse import urlsplit
 
 from broker.base import Broker, Delivery
@@ -22,10 +23,16 @@ BACKENDS = {
     "amqps": ("broker.rabbitmq", "RabbitBroker", "rabbitmq"),
 }
 
+# pip extra -> the top-level driver packages it installs
+EXTRA_PACKAGES = MappingProxyType({"rabbitmq": ("pika",)})
+
 
 def connect(url: str, **options) -> Broker:
     """Open the broker backend that `url`'s scheme names."""
-    scheme = urlsplit(url).scheme
+    try:
+        scheme = urlsplit(url).scheme
+    except ValueError:
+        scheme = ""
     if scheme not in BACKENDS:
         known = ", ".join(f"{s}://" for s in BACKENDS)
         raise UnknownScheme(f"unknown broker URL scheme in {redact_url(url)!r}; known: {known}")
@@ -35,8 +42,8 @@ def connect(url: str, **options) -> Broker:
     except ModuleNotFoundError as exc:
         if exc.name == module:
             raise UnknownScheme(f"the {scheme}:// broker is not part of this version of cuttlefish") from exc
-        if extra is None:
-            raise
+        if extra is None or (exc.name or "").partition(".")[0] not in EXTRA_PACKAGES[extra]:
+            raise  # a missing module that is not the driver: not an extra to install
         raise MissingExtra(
             f"the {scheme}:// broker needs the {exc.name} package: pip install 'cuttlefish[{extra}]'"
         ) from exc

@@ -270,9 +270,11 @@ class RabbitBroker(Broker):
         for queue in queues:
             if queue not in self._declared:
                 raise QueueNotDeclared(queue)
-        for queue in queues:
-            self._submit(lambda q=queue: self._channel.basic_publish(
-                self._exchange.get(q, ""), q, body, _TRANSIENT), wait=False)
+
+        def op() -> None:  # one hand-off to the I/O thread for the whole fan-out
+            for queue in queues:
+                self._channel.basic_publish(self._exchange.get(queue, ""), queue, body, _TRANSIENT)
+        self._submit(op, wait=False)
 
     def get(self, queue: str, timeout: float | None = None) -> Delivery | None:
         """Take the next message of `queue` (consuming it from now on), waiting up to `timeout` seconds."""

@@ -110,3 +110,13 @@ def relative(path: str, start: str) -> str:
     """`path` relative to folder `start`, spelled as compose wants a relative bind mount (./...)."""
     rel = os.path.relpath(os.path.abspath(path), os.path.abspath(start))
     return rel if rel == "." or rel.startswith("..") else f"./{rel}"
+
+
+def compose_file(topo: Topology, deploy, config_file: str, folder: str) -> tuple[dict, str]:
+    """(document, YAML text) of the compose file for `topo`, to be written into `folder`.
+
+    Paths in it (the config and the build context, this repository) are relative to that folder.
+    """
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    document = render(topo, deploy, config_path=relative(config_file, folder), build_context=relative(root, folder))
+    return document, dump(document, os.path.relpath(config_file, folder))

@@ -31,6 +31,7 @@ from neuron.topology import RUN_ID, Topology
 from paramstore import open_store
 from paramstore.checkpoint import Checkpoints
 from paramstore.errors import StoreError
+from paramstore.errors import redact_url as redact_store_url
 
 log = logging.getLogger("neuron")
 
@@ -151,7 +152,7 @@ def serve(run_id: str, layer: int, index: int, broker_url: str, store_url: str, 
           heartbeat: float = 1.0, stop: threading.Event | None = None) -> int:
     """Connect, build the actor, announce it and handle messages until a stop; returns the exit status."""
     deadline = time.monotonic() + wait
-    store = _retry(f"the store at {redact_url(store_url)}", lambda: open_store(store_url), deadline, (StoreError,))
+    store = _retry(f"the store at {redact_store_url(store_url)}", lambda: open_store(store_url), deadline, (StoreError,))
     broker = None
     try:
         broker = _retry(f"the broker at {redact_url(broker_url)}", lambda: connect(broker_url), deadline, (BrokerError,))

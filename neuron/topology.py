@@ -1,19 +1,17 @@
 """What every actor of a run must agree on: layer sizes, row splits, hyperparameters and queue names."""
 from __future__ import annotations
 
-import dataclasses
-
 import hashlib
 import math
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import cached_property
 
 import numpy as np
 
 from neuron import codec
 
-RUN_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+RUN_ID = re.compile(r"^(?!\.\.?$)[A-Za-z0-9_.-]{1,64}$")  # "." and ".." would name folders of a file store
 # a neuron may receive one micro-batch of the widest layer plus headroom for the header
 MAX_MESSAGE_FLOOR = 1 << 20
 
@@ -69,7 +67,7 @@ class Topology:
             raise ValueError(f"no layer {layer}: the network has layers 1-{self.depth}")
         split = list(self.shards)
         split[layer - 1] = shards
-        return dataclasses.replace(self, shards=tuple(split))
+        return replace(self, shards=tuple(split))
 
     def same_network(self, other: "Topology") -> bool:
         """Whether `other` is this run and network, possibly split differently."""
@@ -135,6 +133,14 @@ class Topology:
     def dead_letter_queue(self) -> str:
         """Where rejected messages of the run go."""
         return f"cf.{self.run_id}.dead"
+
+    def actor_names(self) -> list[str]:
+        """Name of every actor of the run, neurons layer by layer ("L2.1") then the loss head ("head")."""
+        return [f"L{layer}.{index}" for layer, index in self.neurons()] + ["head"]
+
+    def layer_queues(self, layer: int) -> list[str]:
+        """The inbound queues of the neurons of `layer`, by index."""
+        return [self.queue(layer, index) for index in range(self.shards[layer - 1])]
 
     def all_queues(self) -> list[str]:
         """Every inbound queue of the run: neurons, head, driver."""

@@ -56,6 +56,10 @@ class EcsDeployer:
             raise AwsError(f"AWS {op} failed: {type(exc).__name__}: {exc}") from None
 
     # -- pieces ----------------------------------------------------------------------------------------
+    def _cluster_active(self, name: str) -> bool:
+        clusters = self._call(self.ecs, "describe_clusters", clusters=[name]).get("clusters", [])
+        return any(c.get("status") == "ACTIVE" for c in clusters)
+
     def _log_group(self, name: str, report: dict) -> None:
         found = self._call(self.logs, "describe_log_groups", logGroupNamePrefix=name).get("logGroups", [])
         if not any(g["logGroupName"] == name for g in found):
@@ -64,8 +68,7 @@ class EcsDeployer:
 
     def _cluster(self, plan: dict, report: dict) -> None:
         name = plan["cluster"]
-        found = self._call(self.ecs, "describe_clusters", clusters=[name]).get("clusters", [])
-        if not any(c.get("status") == "ACTIVE" for c in found):
+        if not self._cluster_active(name):
             self._call(self.ecs, "create_cluster", clusterName=name)
             report["created"].append(f"cluster {name}")
         provider = plan["capacity_provider"]
@@ -185,8 +188,7 @@ class EcsDeployer:
         """Remove the run's services and deregister its task definitions; the cluster goes if it is then empty."""
         report = {"removed": []}
         cluster = plan["cluster"]
-        clusters = self._call(self.ecs, "describe_clusters", clusters=[cluster]).get("clusters", [])
-        if not any(c.get("status") == "ACTIVE" for c in clusters):
+        if not self._cluster_active(cluster):
             return report
         for name in sorted(self._describe(cluster, self._run_services(cluster, plan["run"]))):
             self._remove_service(cluster, name)
@@ -207,8 +209,7 @@ class EcsDeployer:
     def status(self, plan: dict) -> list[tuple]:
         """(service, status, desired, running, pending, task definition) for each service of the run."""
         cluster = plan["cluster"]
-        clusters = self._call(self.ecs, "describe_clusters", clusters=[cluster]).get("clusters", [])
-        if not any(c.get("status") == "ACTIVE" for c in clusters):
+        if not self._cluster_active(cluster):
             raise AwsError(f"cluster {cluster} does not exist: deploy first")
         current = self._describe(cluster, self._run_services(cluster, plan["run"]))
         return [(name, s["status"], s["desiredCount"], s.get("runningCount", 0), s.get("pendingCount", 0),

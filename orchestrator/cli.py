@@ -27,6 +27,7 @@ from orchestrator.operations import config_of
 from paramstore import BACKENDS as STORES
 from paramstore import open_store
 from paramstore.checkpoint import Checkpoints
+from paramstore.errors import redact_url as redact_store_url
 from paramstore.errors import StoreError
 
 EXIT_USAGE = 2
@@ -124,14 +125,15 @@ def _check_train_args(args: argparse.Namespace, config: Config) -> None:
         raise ConfigError("--init", "cannot be combined with --resume (the run's checkpoint has the weights)")
     if args.max_steps is not None and args.max_steps < 1:
         raise ConfigError("--max-steps", "must be at least 1")
-    if args.run_id and not RUN_ID.match(args.run_id) or args.run_id in (".", ".."):
+    if args.run_id and not RUN_ID.match(args.run_id):
         raise ConfigError("--run-id", f"must be 1-64 of A-Z a-z 0-9 _ . - (got {args.run_id!r})")
     for flag, path in (("--save-model", args.save_model), ("--metrics", args.metrics), ("--plot", args.plot)):
         if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
             raise ConfigError(flag, f"folder of {path} does not exist")
     for key, url, known in (("broker", config.broker, BROKERS), ("paramstore", config.paramstore, STORES)):
         if urlsplit(url).scheme not in known:
-            raise ConfigError(key, f"unknown URL scheme in {redact_url(url)!r}; known: {', '.join(s + '://' for s in known)}")
+            shown = redact_url(url) if key == "broker" else redact_store_url(url)
+            raise ConfigError(key, f"unknown URL scheme in {shown!r}; known: {', '.join(s + '://' for s in known)}")
         if args.target != "embedded" and urlsplit(url).scheme == "memory":
             raise ConfigError(key, f"--target {args.target} runs a process per neuron, which cannot share a memory:// "
                                    f"{key}; give --{'store' if key == 'paramstore' else key} a service URL")
@@ -153,7 +155,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if state is not None and state.get("status") == "done":
             print(f"run {run_id} is already finished; remove it from the store to train again", file=sys.stderr)
             if args.save_model:  # a driver killed after finishing but before saving still leaves the model
-                save_model(args.save_model, _stored_params(config, run_id, state["latest"]))
+                with open_store(config.paramstore) as store:
+                    params = Checkpoints(store, run_id).read_model(state["latest"], len(config.network.sizes) - 1)
+                save_model(args.save_model, params)
             if state.get("test_accuracy") is not None:
                 print(f"test accuracy: {state['test_accuracy']:.4f}")
             return 0
@@ -190,14 +194,6 @@ def _stored_run(store_url: str, run_id: str) -> dict | None:
     """The manifest of `run_id` in the store, or None."""
     with open_store(store_url) as store:
         return Checkpoints(store, run_id).manifest()
-
-
-def _stored_params(config: Config, run_id: str, version: int):
-    """The model at committed `version` of `run_id`, assembled from the stored slices."""
-    with open_store(config.paramstore) as store:
-        checkpoints = Checkpoints(store, run_id)
-        layers = [checkpoints.read_layer(version, layer, ("W", "b")) for layer in range(1, len(config.network.sizes))]
-    return [(arrays["W"], arrays["b"]) for arrays in layers]
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:

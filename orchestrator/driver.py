@@ -82,7 +82,7 @@ class Driver:
     def _set_topology(self, topo: Topology) -> None:
         self.topo = topo
         self.schema = topo.schema_for(0, 0)
-        self.actors = [f"L{layer}.{index}" for layer, index in topo.neurons()] + ["head"]
+        self.actors = topo.actor_names()
 
     # -- set-up -----------------------------------------------------------------------------------
     def declare(self) -> None:
@@ -90,7 +90,10 @@ class Driver:
 
         Whatever an earlier driver of the run left there belongs to a generation that is over.
         """
-        for queue in self.topo.all_queues():
+        self._declare(self.topo.all_queues())
+
+    def _declare(self, queues) -> None:
+        for queue in queues:
             self.broker.declare(queue, dead_letter=self.topo.dead_letter_queue)
             self.broker.purge(queue)
 
@@ -231,7 +234,7 @@ class Driver:
                     rescale.record(self.checkpoints, entry)
                     log.warning("layer %d now has %d neurons; training paused %.2f s",
                                 entry["layer"], entry["to"], entry["pause_s"])
-                result = self.train(train, test, schedule, version)
+                params, accuracy = self.train(train, test, schedule, version)
                 break
             except RescaleRequested as req:
                 version, generation = self.checkpoints.latest(), self.generation + 1
@@ -246,30 +249,25 @@ class Driver:
                     raise TrainingError(f"gave up after {self.options.max_recoveries} recoveries: {exc}") from exc
                 version, generation = self.checkpoints.latest(), self.generation + 1
                 log.warning("%s; generation %d replays from checkpoint %d", exc, generation, version)
-        result.steps = schedule.total_steps - start
-        result.samples = sum(n for step, n in self._sent.items() if step >= start)
-        result.seconds = time.monotonic() - t0
-        result.recoveries = self.recoveries
-        return result
+        return TrainResult(params, accuracy, schedule.total_steps - start,
+                           sum(n for step, n in self._sent.items() if step >= start), time.monotonic() - t0,
+                           dict(self.epoch_accuracy), recoveries=self.recoveries)
 
     def _rescale(self, request: dict, version: int, generation: int) -> None:
         """Switch to the requested split; the next start_generation has every actor adopt it."""
         t0 = time.monotonic()
-        new = rescale.resolve(self.checkpoints, self.topo, request)
+        new = rescale.resolve(self.checkpoints, self.topo, request, can_replace=self.options.on_rescale is not None)
         if new is None:
             return
         old, layer = self.topo, request["layer"]
         gone = [old.queue(layer, i) for i in range(new.shards[layer - 1], old.shards[layer - 1])]
-        for queue in [new.queue(layer, i) for i in range(old.shards[layer - 1], new.shards[layer - 1])]:
-            self.broker.declare(queue, dead_letter=new.dead_letter_queue)
-            self.broker.purge(queue)
+        self._declare([new.queue(layer, i) for i in range(old.shards[layer - 1], new.shards[layer - 1])])
         self._set_topology(new)
         self.checkpoints.update_manifest(topology=new.to_dict())  # new neuron processes read their split here
-        if self.options.on_rescale is not None:
-            self.options.on_rescale(new, layer)
+        self.options.on_rescale(new, layer)
         for queue in gone:
             self.broker.delete(queue)
-        self.checkpoints.store.delete(rescale.request_key(new.run_id))
+        rescale.clear(self.checkpoints.store, new.run_id)
         self._pending_record = {**request, "from": old.shards[layer - 1], "version": version,
                                 "generation": generation, "t0": t0}
         log.warning("rescaling layer %d from %d to %d neurons at checkpoint %d", layer,
@@ -279,9 +277,12 @@ class Driver:
         """Tell every actor to exit."""
         self._control({"op": "stop", "generation": self.generation})
 
-    def train(self, train: Dataset, test: Dataset | None, schedule: Schedule, start: int) -> TrainResult:
-        """Train from committed checkpoint `start` to the schedule's end; the generation must be started."""
-        t0, opts, samples = time.monotonic(), self.options, 0
+    def train(self, train: Dataset, test: Dataset | None, schedule: Schedule, start: int) -> tuple[Params, float | None]:
+        """Train from committed checkpoint `start` to the schedule's end; the generation must be started.
+
+        Returns the final weights and test accuracy; run() wraps this with recovery and rescaling.
+        """
+        opts = self.options
         accuracy = None
         order, epoch = None, -1
         dtype = self.topo.dtype
@@ -306,7 +307,6 @@ class Driver:
             last = step == total - 1
             flags = codec.CHECKPOINT if (step + 1) % opts.checkpoint_every == 0 or last else 0
             self._send_step(step, to_inputs(train.images[idx], dtype), train.labels[idx], flags)
-            samples += len(idx)
             self._sent[step] = len(idx)
             if test is not None and (schedule.ends_epoch(step) or last):
                 self._wait(lambda: step in self._losses, f"the loss of step {step}")
@@ -322,9 +322,9 @@ class Driver:
 
         self._wait(final_committed, f"the final checkpoint {total}")
         self._report_losses(opts)
-        params = self.read_params(total)
+        params = self.checkpoints.read_model(total, self.topo.depth)
         self.checkpoints.update_manifest(status="done", test_accuracy=accuracy)
-        return TrainResult(params, accuracy, total - start, samples, time.monotonic() - t0, dict(self.epoch_accuracy))
+        return params, accuracy
 
     def _report_losses(self, opts: DriverOptions) -> None:
         for step in sorted(s for s, d in self._losses.items() if not d.get("reported")):
@@ -336,7 +336,7 @@ class Driver:
     def _send_step(self, step: int, x: np.ndarray, y: np.ndarray, flags: int) -> None:
         sizes = micro_sizes(x.shape[0], self.topo.micro_batches)
         tag, gen = self.topo.run_tag, self.generation
-        first = [self.topo.queue(1, s) for s in range(self.topo.shards[0])]
+        first = self.topo.layer_queues(1)
         self.broker.publish(self.topo.queue(self.topo.head_layer),
                             codec.encode(codec.LABELS, tag, gen, step, nmicro=len(sizes), array=y.astype(np.int32)))
         offset = 0
@@ -349,7 +349,7 @@ class Driver:
     def evaluate(self, test: Dataset, version: int) -> float:
         """Accuracy on `test` of the weights at `version`, computed through the neurons."""
         x = to_inputs(test.images, self.topo.dtype)
-        first = [self.topo.queue(1, s) for s in range(self.topo.shards[0])]
+        first = self.topo.layer_queues(1)
         spans, chunk = [], self.topo.max_rows
         self._preds.clear()
         for micro, start in enumerate(range(0, x.shape[0], chunk)):
@@ -363,11 +363,3 @@ class Driver:
         self._preds.clear()
         self._expected_preds.clear()
         return correct / x.shape[0]
-
-    def read_params(self, version: int) -> Params:
-        """The whole model at committed `version`, assembled from the stored slices."""
-        params = []
-        for layer in range(1, self.topo.depth + 1):
-            arrays = self.checkpoints.read_layer(version, layer, ("W", "b"))
-            params.append((arrays["W"], arrays["b"]))
-        return params

@@ -18,14 +18,14 @@ class HeartbeatWatch:
     """Notices a neuron whose heartbeat expired or whose process changed (it restarted) since last seen."""
 
     def __init__(self, topo: Topology, checkpoints: Checkpoints, interval: float = 1.0) -> None:
-        self.actors = {f"L{layer}.{index}" for layer, index in topo.neurons()} | {"head"}
+        self.actors = set(topo.actor_names())
         self.checkpoints, self.interval = checkpoints, interval
         self._seen: dict[str, tuple] = {}  # actor -> (host, pid, started) of the process last seen
         self._next = 0.0
 
     def rescale(self, topo: Topology, layer: int) -> None:
         """Watch the neurons of the new split of `layer` (started by whoever runs the containers)."""
-        self.actors = {f"L{lay}.{index}" for lay, index in topo.neurons()} | {"head"}
+        self.actors = set(topo.actor_names())
         self._seen = {actor: who for actor, who in self._seen.items()
                       if actor in self.actors and not actor.startswith(f"L{layer}.")}
 

@@ -23,9 +23,6 @@ from orchestrator.status import find_run, format_status, run_status
 from paramstore import open_store
 from paramstore.checkpoint import Checkpoints
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
 def config_of(args: argparse.Namespace) -> Config:
     """The config named by `args.config`, with the command line's --epochs, --broker and --store applied."""
     config = load_config(args.config)
@@ -72,16 +69,14 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     folder = "." if args.output == "-" else os.path.dirname(os.path.abspath(args.output))
     if not os.path.isdir(folder):
         raise ConfigError("--output", f"folder {folder} does not exist")
-    document = compose_render.render(build_plan(config, run_id), config.deploy,
-                                     config_path=compose_render.relative(args.config, folder),
-                                     build_context=compose_render.relative(ROOT, folder))
-    text = compose_render.dump(document, os.path.relpath(args.config, folder))
+    topo = build_plan(config, run_id)
+    _, text = compose_render.compose_file(topo, config.deploy, args.config, folder)
     if args.output == "-":
         sys.stdout.write(text)
     else:
         with open(args.output, "w", encoding="utf-8") as fh:
             fh.write(text)
-        print(f"wrote {args.output}: {len(document['services']) - 4} neurons, the loss head, rabbitmq, redis, driver",
+        print(f"wrote {args.output}: {len(topo.neurons())} neurons, the loss head, rabbitmq, redis, driver",
               file=sys.stderr)
     return 0
 
@@ -151,10 +146,9 @@ def _apply_compose_layer(args: argparse.Namespace, topo: Topology) -> None:
     """Rewrite the compose file for `topo`'s split and bring that layer's services in line; others untouched."""
     config = load_config(args.config)
     folder = os.path.dirname(os.path.abspath(args.compose_file))
-    document = compose_render.render(topo, config.deploy, config_path=compose_render.relative(args.config, folder),
-                                     build_context=compose_render.relative(ROOT, folder))
+    document, text = compose_render.compose_file(topo, config.deploy, args.config, folder)
     with open(args.compose_file, "w", encoding="utf-8") as fh:
-        fh.write(compose_render.dump(document, os.path.relpath(args.config, folder)))
+        fh.write(text)
     layer = [name for name in document["services"] if name.startswith(f"neuron-l{args.layer}-")]
     compose = ["docker", "compose", "-f", args.compose_file]
     # --remove-orphans drops the services of neurons the new split no longer has

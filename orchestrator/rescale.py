@@ -44,13 +44,20 @@ def pending(store: Store, run_id: str) -> dict | None:
     return request
 
 
-def resolve(checkpoints: Checkpoints, topo: Topology, request: dict) -> Topology | None:
+def clear(store: Store, run_id: str) -> None:
+    """Remove the run's request (it has been carried out or refused)."""
+    store.delete(request_key(run_id))
+
+
+def resolve(checkpoints: Checkpoints, topo: Topology, request: dict, *, can_replace: bool) -> Topology | None:
     """The topology the request asks for, or None (recorded as refused in the manifest) if it cannot be."""
     try:
+        if not can_replace:
+            raise ValueError("this deployment cannot replace neurons (rescale runs on --target local or compose)")
         return topo.with_shards(request["layer"], request["shards"])
     except ValueError as exc:
         record(checkpoints, {**request, "refused": str(exc)})
-        checkpoints.store.delete(request_key(topo.run_id))
+        clear(checkpoints.store, topo.run_id)
         return None
 
 

@@ -33,8 +33,7 @@ def run_status(store: Store, broker: Broker | None, run_id: str, now: float | No
         raise OrchestratorError(f"run {run_id!r} has no topology in its manifest yet")
     topo = Topology.from_dict(manifest["topology"])
     beats, now = checkpoints.heartbeats(), time.time() if now is None else now
-    names = [(f"L{layer}.{index}", topo.queue(layer, index)) for layer, index in topo.neurons()]
-    names.append(("head", topo.queue(topo.head_layer)))
+    names = zip(topo.actor_names(), topo.all_queues())  # both list the neurons, then the head
     rows = []
     for name, queue in names:
         beat = beats.get(name)

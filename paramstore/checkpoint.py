@@ -198,8 +198,11 @@ class Checkpoints:
         return manifest
 
     def latest(self) -> int | None:
-        """The latest committed version, or None."""
-        manifest = self.manifest()
+        """The latest committed version, or None: one small read of the pointer commit() switches."""
+        pointer = self.store.get(self.latest_key)
+        if pointer is not None and pointer.isdigit():
+            return int(pointer)
+        manifest = self.manifest()  # a run committed before the pointer existed
         return None if manifest is None else manifest["latest"]
 
     def read_rows(self, version: int, layer: int, start: int, stop: int,
@@ -231,6 +234,11 @@ class Checkpoints:
                                           f"in slice {a}-{b}: {exc}") from exc
             out[name] = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
         return out
+
+    def read_model(self, version: int, depth: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(W, b) of layers 1..depth at committed `version`: the whole model, assembled from its slices."""
+        layers = [self.read_layer(version, layer, ("W", "b")) for layer in range(1, depth + 1)]
+        return [(arrays["W"], arrays["b"]) for arrays in layers]
 
     def read_layer(self, version: int, layer: int, names: Sequence[str]) -> dict[str, np.ndarray]:
         """Every row of each named array of `layer` at committed `version`."""

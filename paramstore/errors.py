@@ -12,18 +12,19 @@ _SECRET_PARAM = re.compile(r"([?&;][^=&#;]*(?:pass|pwd|secret|token)[^=&#;]*=)[^
 def redact_url(url: str) -> str:
     """`url` with any password (userinfo or credential query parameter) replaced by '***', safe to log."""
     try:
-        netloc = urlsplit(url).netloc
+        urlsplit(url)
     except ValueError:
         # An unparseable URL may hide a password anywhere, so show none of it.
         return "<unparseable url>"
     head, sep, rest = url.partition("//")
-    if sep and netloc and rest.startswith(netloc):
-        # Rebuilt by hand rather than with urlunsplit, which would rewrite e.g. "memory://" as "memory:".
-        userinfo, at, hostport = netloc.rpartition("@")
+    if sep:
+        # The userinfo runs to the last '@' before the query: a password may itself hold '/', '@' or ':',
+        # which urlsplit would cut into host or path and so leave partly visible.
+        end = min([i for i in (rest.find("?"), rest.find("#")) if i >= 0], default=len(rest))
+        userinfo, at, hostpart = rest[:end].rpartition("@")
         user, colon, password = userinfo.partition(":")
         if at and colon and password:
-            netloc_safe = f"{user}:***@{hostport}"
-            url = f"{head}//{netloc_safe}{rest[len(netloc):]}"
+            url = f"{head}//{user}:***@{hostpart}{rest[end:]}"
     return _SECRET_PARAM.sub(r"\1***", url)
 
 

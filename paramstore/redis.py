@@ -5,7 +5,6 @@ pieces, since redis-py's default 64 KB reads make a 1 MB GET several times slowe
 """
 from __future__ import annotations
 
-import threading
 from collections.abc import Mapping
 from urllib.parse import parse_qsl, urlsplit
 
@@ -39,12 +38,10 @@ class RedisStore(Store):
                 retry_on_error=[rex.ConnectionError, rex.TimeoutError])
         except (ValueError, TypeError) as exc:
             raise StoreError(f"bad store URL {redact_url(url)!r}: {exc}") from None
-        self._lock = threading.Lock()
         self._call(self._client.ping)
 
     def _call(self, fn, *args, **kwargs):
-        if self._closed:
-            raise StoreError(f"{self!r} is closed")
+        self._require_open()
         try:
             return fn(*args, **kwargs)
         except (rex.ConnectionError, rex.TimeoutError, OSError) as exc:

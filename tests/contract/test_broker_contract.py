@@ -137,3 +137,5 @@ def test_unknown_scheme_and_redaction():
         connect("kafka://host")
     assert redact_url("amqp://user:secret@host:5672/vh") == "amqp://user:***@host:5672/vh"
     assert "secret" not in redact_url("amqps://u:secret@h/")
+    assert redact_url("amqp://u:ab/cd@rabbitmq:5672/%2F") == "amqp://u:***@rabbitmq:5672/%2F"
+    assert redact_url("amqp://h/?password=s3cret") == "amqp://h/?password=***"

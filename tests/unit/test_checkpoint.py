@@ -35,6 +35,7 @@ from paramstore.memory import MemoryStore
     ("file://runs/store", "file://runs/store"),
     ("not a url", "not a url"),
     ("redis://[::1", "<unparseable url>"),
+    ("redis://:ab/cd@redis:6379/0", "redis://:***@redis:6379/0"),
 ])
 def test_redact_url(url, expected):
     assert redact_url(url) == expected
