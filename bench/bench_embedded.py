@@ -19,10 +19,10 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from orchestrator.config import parse_config  # noqa: E402
-from orchestrator.data import load_mnist  # noqa: E402
-from orchestrator.model import init_params  # noqa: E402
-from orchestrator.reference import ReferenceTrainer, train_reference  # noqa: E402
-from orchestrator.runner import make_schedule, train_run  # noqa: E402
+from orchestrator.data.mnist import load_mnist  # noqa: E402
+from orchestrator.data.model import init_params  # noqa: E402
+from orchestrator.training.reference import ReferenceTrainer, train_reference  # noqa: E402
+from orchestrator.training.runner import make_schedule, train_run  # noqa: E402
 
 CONFIG = """
 neural_network:

@@ -24,8 +24,8 @@ sys.path.insert(0, str(ROOT))
 
 from bench.bench_embedded import reference_rate, variant_rate  # noqa: E402
 from broker import connect  # noqa: E402
-from orchestrator.data import load_mnist  # noqa: E402
-from orchestrator.model import init_params  # noqa: E402
+from orchestrator.data.mnist import load_mnist  # noqa: E402
+from orchestrator.data.model import init_params  # noqa: E402
 from paramstore import open_store  # noqa: E402
 from paramstore.checkpoint import Checkpoints  # noqa: E402
 

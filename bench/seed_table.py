@@ -15,8 +15,8 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from orchestrator.config import load_config  # noqa: E402
-from orchestrator.data import load_mnist  # noqa: E402
-from orchestrator.runner import train_run  # noqa: E402
+from orchestrator.data.mnist import load_mnist  # noqa: E402
+from orchestrator.training.runner import train_run  # noqa: E402
 
 # (config file, the paper's nodes, layers, epochs, accuracy)
 ROWS = [

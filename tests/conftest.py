@@ -37,7 +37,7 @@ def mnist_dir() -> pathlib.Path:
 @pytest.fixture(scope="session")
 def mnist(mnist_dir):
     """(train, test) datasets."""
-    from orchestrator.data import load_mnist
+    from orchestrator.data.mnist import load_mnist
 
     return load_mnist("train", mnist_dir), load_mnist("test", mnist_dir)
 
@@ -45,7 +45,7 @@ def mnist(mnist_dir):
 @pytest.fixture(scope="session")
 def small_mnist(mnist):
     """The first 2,000 training and 500 test samples: enough for exactness tests, fast."""
-    from orchestrator.data import Dataset
+    from orchestrator.data.mnist import Dataset
 
     train, test = mnist
     return Dataset(train.images[:2000], train.labels[:2000]), Dataset(test.images[:500], test.labels[:500])

@@ -15,7 +15,7 @@ import pytest
 from broker import connect
 from neuron import codec
 from orchestrator.config import load_config
-from orchestrator.runner import train_run
+from orchestrator.training.runner import train_run
 from paramstore import open_store
 from paramstore.checkpoint import Checkpoints
 from tests.conftest import ROOT
@@ -181,7 +181,7 @@ def test_hostile_messages_over_rabbitmq_are_dead_lettered(small_mnist, reference
     injected = []
 
     def inject(group):
-        from orchestrator.plan import build_plan
+        from orchestrator.config.plan import build_plan
 
         topo = build_plan(config, run_id, len(train) // config.training.batch_size)
         other = build_plan(config, "another-run", len(train) // config.training.batch_size)
@@ -211,7 +211,7 @@ def test_hostile_messages_over_rabbitmq_are_dead_lettered(small_mnist, reference
     assert len(injected) == 6
     assert _same(result.params, reference)
     with connect(amqp_url) as b:
-        from orchestrator.plan import build_plan
+        from orchestrator.config.plan import build_plan
 
         dead = build_plan(config, run_id, 1).dead_letter_queue
         b.declare(dead)
@@ -225,8 +225,8 @@ def test_hostile_messages_over_rabbitmq_are_dead_lettered(small_mnist, reference
 
 def test_external_neurons_restarted_by_their_own_policy_recover_bitwise(small_mnist, reference, amqp_url, redis_url):
     """--target external: neurons started outside the driver (as containers are) and restarted by a policy."""
-    from orchestrator.local import ProcessGroup
-    from orchestrator.plan import build_plan
+    from orchestrator.runtimes.local import ProcessGroup
+    from orchestrator.config.plan import build_plan
 
     train, test = small_mnist
     config, run_id = _config(amqp_url, redis_url), f"it-ext-{os.getpid()}"

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from orchestrator.cli import main
-from orchestrator.model import load_model, save_model
+from orchestrator.data.model import load_model, save_model
 from tests.conftest import ROOT
 
 TINY = str(ROOT / "examples" / "tiny.yaml")
@@ -60,7 +60,7 @@ def test_train_save_evaluate_predict(mnist_dir, tmp_path, capsys):
     assert sum("loss" in x for x in lines) == 60 and lines[-1]["test_accuracy"] == trained
     assert main(["evaluate", TINY, "--model", str(model), "--data", str(mnist_dir)]) == 0
     assert capsys.readouterr().out.strip() == f"test accuracy: {trained:.4f}"
-    from orchestrator.data import load_mnist
+    from orchestrator.data.mnist import load_mnist
 
     test = load_mnist("test", mnist_dir)
     np.save(tmp_path / "x.npy", test.images[:5].reshape(5, 28, 28))

@@ -12,7 +12,7 @@ import zlib
 import numpy as np
 import pytest
 
-from orchestrator import data
+from orchestrator.data import mnist as data
 from orchestrator.errors import DataError
 
 MNIST_DIR = pathlib.Path("/work/shared/datasets/mnist")

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 
 from orchestrator.config import parse_config
-from orchestrator.driver import DriverOptions
-from orchestrator.model import init_params
-from orchestrator.reference import ReferenceTrainer, train_reference
-from orchestrator.runner import make_schedule, train_run
+from orchestrator.training.driver import DriverOptions
+from orchestrator.data.model import init_params
+from orchestrator.training.reference import ReferenceTrainer, train_reference
+from orchestrator.training.runner import make_schedule, train_run
 from paramstore import open_store
 from paramstore.checkpoint import Checkpoints
 
@@ -108,7 +108,7 @@ def test_resume_with_other_shards_continues_the_mathematics(small_mnist, tmp_pat
 
 def test_partial_last_batch_epochs_lr_and_weight_decay(small_mnist):
     train, test = small_mnist
-    from orchestrator.data import Dataset
+    from orchestrator.data.mnist import Dataset
 
     part = Dataset(train.images[:230], train.labels[:230])  # 5 steps per epoch, the last of 30 samples
     config = _config(micro=4).with_training(epochs=3, lr_decay=0.5, weight_decay=0.01)

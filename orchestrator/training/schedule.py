@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from orchestrator.data import epoch_order
+from orchestrator.data.mnist import epoch_order
 
 
 @dataclass(frozen=True)

@@ -12,18 +12,18 @@ from broker import BACKENDS as BROKERS
 from broker.errors import BrokerError, redact_url
 from neuron.errors import NeuronError
 from orchestrator.config import Config
-from orchestrator.data import load_images, load_mnist, to_inputs
-from orchestrator.driver import DriverOptions
+from orchestrator.data.mnist import load_images, load_mnist, to_inputs
+from orchestrator.training.driver import DriverOptions
 from orchestrator.errors import ConfigError, DataError, ModelFileError, OrchestratorError
-from orchestrator.model import load_model, model_sizes, save_model
-from orchestrator.plan import build_plan, format_plan
-from orchestrator.progress import Progress
-from orchestrator.reference import accuracy, predict
+from orchestrator.data.model import load_model, model_sizes, save_model
+from orchestrator.config.plan import build_plan, format_plan
+from orchestrator.training.progress import Progress
+from orchestrator.training.reference import accuracy, predict
 from neuron.topology import RUN_ID
-from orchestrator.runner import TARGETS, make_schedule, new_run_id, train_run
-from orchestrator.plot import training_svg
-from orchestrator import operations
-from orchestrator.operations import config_of
+from orchestrator.training.runner import TARGETS, make_schedule, new_run_id, train_run
+from orchestrator.training.plot import training_svg
+from orchestrator.cli import operations
+from orchestrator.cli.operations import config_of
 from paramstore import BACKENDS as STORES
 from paramstore import open_store
 from paramstore.checkpoint import Checkpoints

@@ -24,7 +24,7 @@ class AwsError(OrchestratorError):
 
 
 class EcsDeployer:
-    """Applies ECS plans (see orchestrator.ecs) idempotently; returns what it created, updated and removed."""
+    """Applies ECS plans (see orchestrator.deploy.ecs) idempotently; returns what it created, updated and removed."""
 
     def __init__(self, region: str) -> None:
         try:

@@ -8,15 +8,15 @@ import time
 from broker import connect
 from broker.base import Broker
 from orchestrator.config import Config
-from orchestrator.data import Dataset
-from orchestrator.driver import Driver, DriverOptions, TrainResult
-from orchestrator.embedded import threaded_actors
-from orchestrator.external import external_actors
-from orchestrator.local import process_group
+from orchestrator.data.mnist import Dataset
+from orchestrator.training.driver import Driver, DriverOptions, TrainResult
+from orchestrator.runtimes.embedded import threaded_actors
+from orchestrator.runtimes.external import external_actors
+from orchestrator.runtimes.local import process_group
 from orchestrator.errors import TrainingError
-from orchestrator.model import Params, init_params
-from orchestrator.plan import build_plan
-from orchestrator.schedule import Schedule
+from orchestrator.data.model import Params, init_params
+from orchestrator.config.plan import build_plan
+from orchestrator.training.schedule import Schedule
 from paramstore import open_store, redact_url
 from paramstore.base import Store
 from paramstore.checkpoint import Checkpoints

@@ -13,12 +13,12 @@ from neuron import codec
 from neuron.errors import CodecError
 from neuron.optim import state_names
 from neuron.topology import Topology, micro_sizes
-from orchestrator.data import Dataset, to_inputs
-from orchestrator import rescale
+from orchestrator.data.mnist import Dataset, to_inputs
+from orchestrator.training import rescale
 from orchestrator.errors import NeuronLost, TrainingError
-from orchestrator.rescale import RescaleRequested
-from orchestrator.model import Params
-from orchestrator.schedule import Schedule
+from orchestrator.training.rescale import RescaleRequested
+from orchestrator.data.model import Params
+from orchestrator.training.schedule import Schedule
 from paramstore.checkpoint import Checkpoints
 
 log = logging.getLogger(__name__)

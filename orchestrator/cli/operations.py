@@ -13,13 +13,13 @@ from urllib.parse import urlsplit
 from broker import connect as connect_broker
 from compose import render as compose_render
 from neuron.topology import RUN_ID, Topology
-from orchestrator import rescale
-from orchestrator.aws import EcsDeployer
+from orchestrator.training import rescale
+from orchestrator.deploy.aws import EcsDeployer
 from orchestrator.config import Config, load_config
-from orchestrator.ecs import ecs_plan
+from orchestrator.deploy.ecs import ecs_plan
 from orchestrator.errors import ConfigError, OrchestratorError
-from orchestrator.plan import build_plan
-from orchestrator.status import find_run, format_status, run_status
+from orchestrator.config.plan import build_plan
+from orchestrator.deploy.status import find_run, format_status, run_status
 from paramstore import open_store
 from paramstore.checkpoint import Checkpoints
 

@@ -15,7 +15,7 @@ from orchestrator.errors import NeuronLost, TrainingError
 
 log = logging.getLogger(__name__)
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 class ProcessGroup:

@@ -11,9 +11,9 @@ from neuron.kernels import (
     softmax_cross_entropy,
 )
 from neuron.optim import apply_update, init_state
-from orchestrator.data import Dataset, to_inputs
-from orchestrator.model import Params
-from orchestrator.schedule import Schedule
+from orchestrator.data.mnist import Dataset, to_inputs
+from orchestrator.data.model import Params
+from orchestrator.training.schedule import Schedule
 
 
 def forward(params: Params, x: np.ndarray, activation: str) -> np.ndarray:

@@ -1,0 +1,19 @@
+"""The YAML config: parsing and validation into frozen dataclasses, and the plan it splits into."""
+from orchestrator.config.loader import (
+    ACTIVATIONS,
+    DTYPES,
+    OPTIMIZERS,
+    Config,
+    DeployConfig,
+    EcsConfig,
+    NetworkConfig,
+    TrainingConfig,
+    config_from_mapping,
+    load_config,
+    parse_config,
+)
+
+__all__ = [
+    "DTYPES", "ACTIVATIONS", "OPTIMIZERS", "NetworkConfig", "TrainingConfig", "EcsConfig", "DeployConfig",
+    "Config", "load_config", "parse_config", "config_from_mapping",
+]

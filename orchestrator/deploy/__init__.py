@@ -1,0 +1,1 @@
+"""Deployment targets: the ECS plan and its AWS calls, and the status of a deployed run."""
