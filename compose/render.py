@@ -29,10 +29,6 @@ HEADER = """\
 """
 
 
-def _service_name(name: str) -> str:
-    return "neuron-" + name.lower().replace(".", "-")
-
-
 def _healthy() -> dict:
     return {"rabbitmq": {"condition": "service_healthy"}, "redis": {"condition": "service_healthy"}}
 
@@ -68,22 +64,20 @@ def render(topo: Topology, deploy, *, config_path: str, build_context: str = "."
     }
     common_env = {"CUTTLEFISH_RUN_ID": topo.run_id, "CUTTLEFISH_BROKER": BROKER_URL, "CUTTLEFISH_STORE": STORE_URL,
                   "OPENBLAS_NUM_THREADS": "1", "CUTTLEFISH_LOG_LEVEL": "WARNING"}
-    roles = [(f"L{layer}.{index}", str(layer), str(index), layer) for layer, index in topo.neurons()]
-    roles.append(("head", "head", "0", None))
-    for name, layer, index, number in roles:
+    for role in topo.roles():
         service = {
             **_runtime(build_context),
             "command": ["python3", "-m", "neuron"],
-            "environment": {**common_env, "CUTTLEFISH_LAYER": layer, "CUTTLEFISH_INDEX": index},
+            "environment": {**common_env, **role.env()},
             "depends_on": _healthy(),
             "restart": "on-failure",
         }
-        cpus, memory = deploy.for_layer(number) if number is not None else (None, None)
+        cpus, memory = (None, None) if role.is_head else deploy.for_layer(role.layer)
         if cpus is not None:
             service["cpus"] = cpus
         if memory is not None:
             service["mem_limit"] = f"{memory}m"
-        services[_service_name(name)] = service
+        services[role.compose_service] = service
     services["driver"] = {
         **_runtime(build_context),
         "command": ["python3", "-m", "orchestrator", "train", CONFIG_IN_CONTAINER, "--target", "external",

@@ -1,4 +1,7 @@
-"""The message loop shared by neurons and the loss head: decode, reject, generations, duplicates, control."""
+"""The message loop shared by neurons and the loss head: decode, reject, generations, duplicates, control.
+
+The rules it enforces are the protocol's (neuron/protocol.py); subclasses hold the arithmetic.
+"""
 from __future__ import annotations
 
 import logging
@@ -10,19 +13,16 @@ import numpy as np
 
 from broker.base import Broker, Delivery
 from broker.errors import BrokerError
-from neuron import codec
+from neuron import codec, protocol
 from neuron.errors import CheckpointMissing, CodecError, ProtocolError
+from neuron.protocol import CONTROL, EVAL, STEP_WINDOW, Failed, Ready, Report, report_data
+from neuron.role import DRIVER, Role
 from neuron.topology import Topology
 
 log = logging.getLogger(__name__)
 
-# how many steps ahead of its own an actor buffers; the driver keeps fewer in flight
-STEP_WINDOW = 8
 # bytes of messages of a generation not yet started that an actor keeps (a restarted peer may be ahead)
 FUTURE_BYTES = 256 << 20
-# the header's generation and step fields are 32 and 64 bits wide
-MAX_GENERATION = (1 << 32) - 1
-MAX_STEP = (1 << 63) - 1
 
 
 class Actor(ABC):
@@ -30,12 +30,13 @@ class Actor(ABC):
 
     def __init__(self, topo: Topology, layer: int, index: int, broker: Broker) -> None:
         self.topo = topo
+        self.role = Role(layer, index)
         self.layer = layer
         self.index = index
         self.broker = broker
         self.schema = topo.schema_for(layer, index)
-        self.queue = topo.queue(layer, index)
-        self.driver_queue = topo.queue(0)
+        self.queue = self.role.queue(topo.run_id)
+        self.driver_queue = DRIVER.queue(topo.run_id)
         self.generation: int | None = None
         self.step = 0
         self.stats: Counter = Counter()
@@ -47,7 +48,7 @@ class Actor(ABC):
     @property
     def name(self) -> str:
         """Human name of this actor, e.g. L2.1 or head."""
-        return "head" if self.layer == self.topo.head_layer else f"L{self.layer}.{self.index}"
+        return self.role.name
 
     def run(self, stop: threading.Event | None = None, poll: float = 0.2) -> None:
         """Handle messages until told to stop (a `stop` control message or the `stop` event)."""
@@ -72,7 +73,7 @@ class Actor(ABC):
         self.broker.ack(delivery)
 
     def _dispatch(self, msg: codec.Message) -> None:
-        if msg.kind == codec.CONTROL:
+        if msg.kind == CONTROL:
             self._control(msg)
             return
         if self.generation is None or msg.generation > self.generation:
@@ -85,7 +86,7 @@ class Actor(ABC):
         if msg.generation < self.generation:
             self.stats["stale"] += 1
             return
-        key = (msg.kind, msg.flags & codec.EVAL, msg.step, msg.micro, msg.src_layer, msg.src_index)
+        key = (msg.kind, msg.flags & EVAL, msg.step, msg.micro, msg.source)
         if key in self._seen or msg.step < self.step:
             self.stats["duplicate"] += 1
             return
@@ -96,14 +97,9 @@ class Actor(ABC):
         self.progress()
 
     def _control(self, msg: codec.Message) -> None:
-        data = msg.data
-        op = data.get("op")
-        if op not in ("start", "stop"):
-            raise ProtocolError(f"unknown control operation {op!r}")
-        generation, version = data.get("generation"), data.get("version", 0)
-        if not (_bounded(generation, MAX_GENERATION) and _bounded(version, MAX_STEP)):
-            raise ProtocolError(f"{op} needs integer generation and version within the header's range")
-        if op == "stop":
+        op = protocol.parse_control(msg.data or {})
+        generation = op.generation
+        if isinstance(op, protocol.Stop):
             # a stop left over from an earlier generation must not end this one
             if self.generation is None or generation >= self.generation:
                 self.running = False
@@ -111,17 +107,18 @@ class Actor(ABC):
         if self.generation is not None and generation <= self.generation:
             self.stats["stale"] += 1
             return
-        if "topology" in data:  # the driver may have rescaled a layer: every actor adopts the new split
-            self.adopt(self._topology_of(data["topology"]))
+        version = op.version
+        if op.topology is not None:  # the driver may have rescaled a layer: every actor adopts the new split
+            self.adopt(self._topology_of(op.topology))
         try:
             self.on_start(version)
         except CheckpointMissing as exc:
             # the driver of that generation learns at once; the actor keeps serving the current one
-            self.report({"event": "failed", "error": str(exc)}, generation=generation)
+            self.report(Failed(self.name, str(exc)), generation=generation)
             raise ProtocolError(str(exc)) from exc
         self.generation, self.step = generation, version
         self._seen.clear()
-        self.report({"event": "ready", "generation": generation, "version": version})
+        self.report(Ready(self.name, generation, version))
         pending, self._future, self._future_bytes = self._future, [], 0
         for queued in pending:
             try:
@@ -137,7 +134,7 @@ class Actor(ABC):
             raise ProtocolError(f"start carries a malformed topology: {exc}") from exc
         if topo is None or not self.topo.same_network(topo):
             raise ProtocolError("start carries the topology of another run or network")
-        if self.layer != self.topo.head_layer and self.index >= topo.shards[self.layer - 1]:
+        if not self.role.is_head and self.index >= topo.shards[self.layer - 1]:
             raise ProtocolError(f"{self.name} is not part of the new split of layer {self.layer}")
         return topo
 
@@ -157,27 +154,28 @@ class Actor(ABC):
 
     def forget_before(self, step: int) -> None:
         """Drop duplicate-filter entries of steps before `step` (they can no longer be accepted anyway)."""
-        self._seen = {k for k in self._seen if k[2] >= step}
+        self._seen = {k for k in self._seen if k[2] >= step}  # k[2] is the step of the key _dispatch builds
 
-    def send(self, queues, kind: int, step: int, *, micro: int = 0, nmicro: int = 0, flags: int = 0, array=None) -> None:
+    def send(self, queues: list[str], kind: int, step: int, *, micro: int = 0, nmicro: int = 0, flags: int = 0,
+             array: np.ndarray | None = None) -> None:
         """Encode one array message once and publish it to every queue of `queues`."""
         body = codec.encode(kind, self.topo.run_tag, self.generation, step, micro=micro, nmicro=nmicro,
-                            source=(self.layer, self.index), flags=flags, array=array)
+                            source=self.role, flags=flags, array=array)
         self.broker.publish_many(queues, body)
         self.stats["out"] += len(queues)
 
-    def report(self, data: dict, generation: int | None = None) -> None:
-        """Send a JSON event to the driver (about `generation`, by default the current one)."""
+    def report(self, event: Report, generation: int | None = None) -> None:
+        """Send an event to the driver (about `generation`, by default the current one)."""
         gen = (self.generation or 0) if generation is None else generation
-        body = codec.encode(codec.REPORT, self.topo.run_tag, gen, self.step,
-                            source=(self.layer, self.index), data={**data, "actor": self.name})
+        body = codec.encode(protocol.REPORT, self.topo.run_tag, gen, self.step, source=self.role,
+                            data=report_data(event))
         self.broker.publish(self.driver_queue, body)
         self.stats["out"] += 1
 
     def fail(self, exc: BaseException) -> None:
         """Tell the driver this actor hit an unrecoverable error (the driver then ends or recovers the run)."""
         try:
-            self.report({"event": "failed", "error": f"{type(exc).__name__}: {exc}"})
+            self.report(Failed(self.name, f"{type(exc).__name__}: {exc}"))
         except BrokerError:
             log.exception("%s could not report its failure", self.name)
 
@@ -192,7 +190,3 @@ class Actor(ABC):
     @abstractmethod
     def progress(self) -> None:
         """Do every computation whose inputs are complete."""
-
-
-def _bounded(value: object, limit: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= limit

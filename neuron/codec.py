@@ -1,4 +1,7 @@
-"""The wire format: a fixed little-endian header plus raw array bytes (or a small JSON object), never pickle."""
+"""The wire format: a fixed little-endian header plus raw array bytes (or a small JSON object), never pickle.
+
+The kinds and flags it carries, and what they mean, are in neuron/protocol.py.
+"""
 from __future__ import annotations
 
 import json
@@ -15,23 +18,17 @@ from neuron.errors import (
     OversizedMessage,
     UnexpectedMessage,
 )
+from neuron.protocol import ACT, CHECKPOINT, CONTROL, EVAL, GRAD, JSON_KINDS, KINDS, LABELS, PRED, REPORT
+from neuron.role import Role
+
+# the protocol's kinds and flags travel with the codec, so callers that build messages need one import
+__all__ = [
+    "ACT", "CHECKPOINT", "CONTROL", "EVAL", "GRAD", "JSON_KINDS", "KINDS", "LABELS", "PRED", "REPORT",
+    "HEADER", "MAGIC", "VERSION", "Message", "Schema", "decode", "encode",
+]
 
 MAGIC = b"CF"
-VERSION = 1
-
-# kinds
-ACT = 1  # activations (or the driver's inputs, from layer 0) flowing forward
-GRAD = 2  # gradient wrt the receiver's outputs flowing backward
-LABELS = 3  # a step's labels, driver -> loss head
-PRED = 4  # eval predictions, loss head -> driver
-CONTROL = 5  # JSON command, driver -> actor
-REPORT = 6  # JSON event, actor -> driver
-KINDS = {ACT: "act", GRAD: "grad", LABELS: "labels", PRED: "pred", CONTROL: "control", REPORT: "report"}
-JSON_KINDS = frozenset({CONTROL, REPORT})
-
-# flags
-EVAL = 1  # forward only, results go to the driver as predictions
-CHECKPOINT = 2  # checkpoint after this step's update
+VERSION = 2  # 2: the loss head is source layer HEAD_LAYER, not depth + 1
 
 DTYPES = {1: np.dtype("<f4"), 2: np.dtype("<f8"), 3: np.dtype("<i4"), 4: np.dtype("<i8"), 5: np.dtype("u1")}
 DTYPE_CODES = {dt: code for code, dt in DTYPES.items()}
@@ -61,9 +58,9 @@ class Message:
     data: dict | None = None
 
     @property
-    def source(self) -> tuple[int, int]:
-        """(layer, index) of the sender; the driver is layer 0, the loss head is layer depth + 1."""
-        return self.src_layer, self.src_index
+    def source(self) -> Role:
+        """The sender: the driver, a neuron or the loss head."""
+        return Role(self.src_layer, self.src_index)
 
 
 @dataclass(frozen=True)

@@ -4,11 +4,12 @@ from __future__ import annotations
 import numpy as np
 
 from broker.base import Broker
-from neuron import codec
+from neuron import codec, protocol
 from neuron.actor import Actor
 from neuron.errors import CheckpointMissing, ProtocolError, TrainingDiverged
 from neuron.kernels import activation_grad, dense_backward_input, dense_backward_params, dense_forward
 from neuron.optim import apply_update, state_names
+from neuron.role import HEAD
 from neuron.topology import Topology
 from paramstore.checkpoint import Checkpoints
 from paramstore.errors import CheckpointError
@@ -34,7 +35,7 @@ class DenseNeuron(Actor):
         topo, layer = self.topo, self.layer
         self.rows = topo.splits(layer)[self.index]
         self.prev_splits = topo.splits(layer - 1)
-        self.next_queues = [topo.queue(topo.head_layer)] if layer == topo.depth else [
+        self.next_queues = [HEAD.queue(topo.run_id)] if layer == topo.depth else [
             topo.queue(layer + 1, s) for s in range(topo.shards[layer])]
         self.prev_queues = [topo.queue(layer - 1, s) for s in range(len(self.prev_splits))] if layer > 1 else []
 
@@ -61,25 +62,25 @@ class DenseNeuron(Actor):
     def on_data(self, msg: codec.Message) -> None:
         """Buffer an activation or gradient part after checking it agrees with its siblings."""
         rows = msg.array.shape[0]
-        if msg.kind == codec.ACT:
-            evaluating = msg.flags & codec.EVAL
+        if msg.kind == protocol.ACT:
+            evaluating = msg.flags & protocol.EVAL
             if not evaluating:
                 self._check_step_meta(msg)
             parts = self._fwd.setdefault((evaluating, msg.step, msg.micro), {})
-        elif msg.kind == codec.GRAD:
+        elif msg.kind == protocol.GRAD:
             # a gradient answers this neuron's forward of the same micro-batch, so that must have happened
             saved = self._saved.get(msg.micro) if msg.step == self.step else None
             if saved is None or saved[0].shape[0] != rows:
                 raise ProtocolError(f"gradient for step {msg.step} micro {msg.micro} matches no forward")
             parts = self._bwd.setdefault((msg.step, msg.micro), {})
         else:
-            raise ProtocolError(f"a neuron takes no {codec.KINDS[msg.kind]} messages")
+            raise ProtocolError(f"a neuron takes no {protocol.KINDS[msg.kind]} messages")
         if parts and next(iter(parts.values())).shape[0] != rows:
-            raise ProtocolError(f"{codec.KINDS[msg.kind]} part of {rows} rows disagrees with its siblings")
+            raise ProtocolError(f"{protocol.KINDS[msg.kind]} part of {rows} rows disagrees with its siblings")
         parts[msg.src_index] = msg.array
 
     def _check_step_meta(self, msg: codec.Message) -> None:
-        meta = (msg.nmicro, msg.flags & codec.CHECKPOINT)
+        meta = (msg.nmicro, msg.flags & protocol.CHECKPOINT)
         if not (1 <= msg.nmicro <= self.topo.micro_batches and msg.micro < msg.nmicro):
             raise ProtocolError(f"micro-batch {msg.micro} of {msg.nmicro} (at most {self.topo.micro_batches})")
         known = self._meta.setdefault(msg.step, meta)
@@ -109,11 +110,11 @@ class DenseNeuron(Actor):
         z, a = dense_forward(x, self.params["W"], self.params["b"], self.activation)  # (n, u), (n, u)
         _check_finite(a, self.name, "activations", step)
         if evaluating:
-            self.send(self.next_queues, codec.ACT, step, micro=micro, flags=codec.EVAL, array=a)
+            self.send(self.next_queues, protocol.ACT, step, micro=micro, flags=protocol.EVAL, array=a)
             return
         nmicro, flags = self._meta[step]
         self._saved[micro] = (x, z, a)
-        self.send(self.next_queues, codec.ACT, step, micro=micro, nmicro=nmicro, flags=flags, array=a)
+        self.send(self.next_queues, protocol.ACT, step, micro=micro, nmicro=nmicro, flags=flags, array=a)
 
     def _backward(self, micro: int, parts: dict[int, np.ndarray]) -> None:
         grad_a = parts[0]  # (n, u)
@@ -125,7 +126,7 @@ class DenseNeuron(Actor):
             grad_x = dense_backward_input(grad_z, self.params["W"])  # (n, f)
             _check_finite(grad_x, self.name, "gradients", self.step)
             for s, (c0, c1) in enumerate(self.prev_splits):
-                self.send([self.prev_queues[s]], codec.GRAD, self.step, micro=micro, array=grad_x[:, c0:c1])
+                self.send([self.prev_queues[s]], protocol.GRAD, self.step, micro=micro, array=grad_x[:, c0:c1])
         # parameter gradients now, while the previous layer works on grad_x, not all at the step's end
         self._grads[micro] = dense_backward_params(x, grad_z)  # (u, f), (u,)
 
@@ -145,14 +146,14 @@ class DenseNeuron(Actor):
         self._fwd = {k: v for k, v in self._fwd.items() if k[1] >= self.step}
         self._bwd = {k: v for k, v in self._bwd.items() if k[0] >= self.step}
         self.stats["steps"] += 1
-        if flags & codec.CHECKPOINT:
+        if flags & protocol.CHECKPOINT:
             self.write_checkpoint()
 
     def write_checkpoint(self) -> None:
         """Write this slice's parameters and optimizer state as version `step`, then tell the driver."""
         a, b = self.rows
         self.checkpoints.write_slice(self.step, self.layer, a, b, {**self.params, **self.opt_state})
-        self.report({"event": "checkpoint", "version": self.step, "layer": self.layer, "rows": [a, b]})
+        self.report(protocol.Saved(self.name, self.step, self.layer, [a, b]))
 
 
 def _check_finite(array: np.ndarray, name: str, what: str, step: int) -> None:

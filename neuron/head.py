@@ -4,10 +4,11 @@ from __future__ import annotations
 import numpy as np
 
 from broker.base import Broker
-from neuron import codec
+from neuron import codec, protocol
 from neuron.actor import Actor
 from neuron.errors import ProtocolError, TrainingDiverged
 from neuron.kernels import softmax_cross_entropy
+from neuron.role import HEAD
 from neuron.topology import Topology, micro_sizes
 
 
@@ -15,7 +16,7 @@ class LossHead(Actor):
     """The actor after the output layer; it holds no parameters, only the step's labels and loss."""
 
     def __init__(self, topo: Topology, broker: Broker) -> None:
-        super().__init__(topo, topo.head_layer, 0, broker)
+        super().__init__(topo, *HEAD, broker)
         self.on_topology()
         self._reset()
 
@@ -35,7 +36,7 @@ class LossHead(Actor):
 
     def on_data(self, msg: codec.Message) -> None:
         """Buffer a logits part or a step's labels."""
-        if msg.kind == codec.LABELS:
+        if msg.kind == protocol.LABELS:
             labels = msg.array
             if not 1 <= msg.nmicro <= self.topo.micro_batches or labels.shape[0] < msg.nmicro:
                 raise ProtocolError(f"{labels.shape[0]} labels cannot make {msg.nmicro} micro-batches")
@@ -44,9 +45,9 @@ class LossHead(Actor):
             offsets = np.cumsum((0, *micro_sizes(labels.shape[0], msg.nmicro)))
             self._labels[msg.step] = (labels.astype(np.int64), tuple(int(o) for o in offsets))
             return
-        if msg.kind != codec.ACT:
-            raise ProtocolError(f"the loss head takes no {codec.KINDS[msg.kind]} messages")
-        parts = self._logits.setdefault((msg.flags & codec.EVAL, msg.step, msg.micro), {})
+        if msg.kind != protocol.ACT:
+            raise ProtocolError(f"the loss head takes no {protocol.KINDS[msg.kind]} messages")
+        parts = self._logits.setdefault((msg.flags & protocol.EVAL, msg.step, msg.micro), {})
         if parts and next(iter(parts.values())).shape[0] != msg.array.shape[0]:
             raise ProtocolError("logits parts disagree in rows")
         parts[msg.src_index] = msg.array
@@ -61,7 +62,7 @@ class LossHead(Actor):
             parts = self._logits.pop(key)
             logits = parts[0] if n == 1 else np.concatenate([parts[s] for s in range(n)], axis=1)  # (m, c)
             if evaluating:
-                self.send([self.driver_queue], codec.PRED, step, micro=micro, array=logits.argmax(axis=1).astype(np.int32))
+                self.send([self.driver_queue], protocol.PRED, step, micro=micro, array=logits.argmax(axis=1).astype(np.int32))
             else:
                 self._train(step, micro, logits)
 
@@ -76,7 +77,7 @@ class LossHead(Actor):
         if not np.isfinite(loss_sum):
             raise TrainingDiverged(f"training diverged: the loss of step {step} is not finite")
         for s, (a, b) in enumerate(self.out_splits):
-            self.send([self.out_queues[s]], codec.GRAD, step, micro=micro, array=grad[:, a:b])
+            self.send([self.out_queues[s]], protocol.GRAD, step, micro=micro, array=grad[:, a:b])
         acc = self._loss.setdefault(step, [0.0, 0, 0])
         acc[0] += loss_sum
         acc[1] += int((pred == y).sum())
@@ -86,5 +87,4 @@ class LossHead(Actor):
             self.step = step + 1
             self.forget_before(self.step)
             self._logits = {k: v for k, v in self._logits.items() if k[1] >= self.step}
-            self.report({"event": "loss", "step": step, "loss": acc[0] / labels.shape[0],
-                         "correct": acc[1], "samples": int(labels.shape[0])})
+            self.report(protocol.Loss(self.name, step, acc[0] / labels.shape[0], acc[1], int(labels.shape[0])))

@@ -2,7 +2,7 @@
 
 Everything comes from flags or the environment, so a container needs no arguments but its role:
 CUTTLEFISH_RUN_ID, CUTTLEFISH_LAYER (a number, or "head"), CUTTLEFISH_INDEX, CUTTLEFISH_BROKER,
-CUTTLEFISH_STORE, CUTTLEFISH_CONFIG (whose broker and store URLs are the defaults). The network's shape
+CUTTLEFISH_STORE, CUTTLEFISH_CONFIG (a YAML config whose broker and paramstore URLs are the defaults). The network's shape
 is read from the run's manifest, written by the driver, so every neuron of a run agrees with it.
 """
 from __future__ import annotations
@@ -18,6 +18,7 @@ import threading
 import time
 from typing import Callable, TypeVar
 
+import yaml
 from threadpoolctl import threadpool_limits
 
 from broker import connect
@@ -27,6 +28,8 @@ from neuron.actor import Actor
 from neuron.dense import DenseNeuron
 from neuron.errors import NeuronError
 from neuron.head import LossHead
+from neuron.protocol import Hello
+from neuron.role import HEAD_WORD, Role
 from neuron.topology import RUN_ID, Topology
 from paramstore import open_store
 from paramstore.checkpoint import Checkpoints
@@ -74,30 +77,42 @@ def _retry(what: str, fn: Callable[[], T], deadline: float, errors: tuple) -> T:
             delay = min(delay * 2, 5.0)
 
 
-def _settings(args: argparse.Namespace) -> tuple[str, int, int, str, str]:
+def _config_urls(path: str) -> tuple[str | None, str | None]:
+    """The broker and paramstore URLs of a YAML config; the driver validates the rest of it, not the neuron."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+    except (OSError, yaml.YAMLError) as exc:
+        raise UsageError(f"config error: {path}: {exc}") from None
+    urls = []
+    for key in ("broker", "paramstore"):
+        value = data.get(key) if isinstance(data, dict) else None
+        if value is not None and not (isinstance(value, str) and "://" in value):
+            raise UsageError(f"config error: {key}: must be a URL such as 'memory://'")
+        urls.append(value)
+    return urls[0], urls[1]
+
+
+def _settings(args: argparse.Namespace) -> tuple[str, Role, str, str]:
     if not args.run_id or not RUN_ID.match(args.run_id):
         raise UsageError(f"--run-id (or CUTTLEFISH_RUN_ID) must be 1-64 of A-Z a-z 0-9 _ . - (got {args.run_id!r})")
     if args.layer is None:
         raise UsageError("--layer (or CUTTLEFISH_LAYER) is required: a layer number or 'head'")
     try:
-        layer = -1 if args.layer == "head" else int(args.layer)
-        index = int(args.index)
+        int(args.index), args.layer == HEAD_WORD or int(args.layer)
     except ValueError:
         raise UsageError(f"--layer must be a number or 'head' and --index a number (got {args.layer!r}, {args.index!r})") from None
-    if layer == 0 or layer < -1 or index < 0:
-        raise UsageError(f"no neuron at layer {args.layer}, index {args.index}")
+    try:
+        role = Role.parse(args.layer, args.index)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     broker_url, store_url = args.broker, args.store
     if args.config and not (broker_url and store_url):
-        from orchestrator.config import load_config  # the config is only read for its URLs
-        from orchestrator.errors import ConfigError
-        try:
-            config = load_config(args.config)
-        except ConfigError as exc:
-            raise UsageError(f"config error: {exc}") from None
-        broker_url, store_url = broker_url or config.broker, store_url or config.paramstore
+        config_broker, config_store = _config_urls(args.config)
+        broker_url, store_url = broker_url or config_broker, store_url or config_store
     if not broker_url or not store_url:
         raise UsageError("a broker and a store URL are needed: --broker/--store, CUTTLEFISH_BROKER/STORE or --config")
-    return args.run_id, layer, index, broker_url, store_url
+    return args.run_id, role, broker_url, store_url
 
 
 def _topology(checkpoints: Checkpoints, deadline: float) -> Topology:
@@ -109,13 +124,13 @@ def _topology(checkpoints: Checkpoints, deadline: float) -> Topology:
     return _retry("the run's manifest", read, deadline, (LookupError, StoreError))
 
 
-def make_actor(topo: Topology, layer: int, index: int, broker: Broker, checkpoints: Checkpoints) -> Actor:
-    """The actor at (layer, index) of `topo`; layer -1 (or depth + 1) is the loss head."""
-    if layer in (-1, topo.head_layer):
+def make_actor(topo: Topology, role: Role, broker: Broker, checkpoints: Checkpoints) -> Actor:
+    """The actor that plays `role` in `topo`: a dense neuron or the loss head."""
+    if role.is_head:
         return LossHead(topo, broker)
-    if not (1 <= layer <= topo.depth and 0 <= index < topo.shards[layer - 1]):
-        raise UsageError(f"the run has no neuron L{layer}.{index} (layers 1-{topo.depth}, shards {list(topo.shards)})")
-    return DenseNeuron(topo, layer, index, broker, checkpoints)
+    if not (1 <= role.layer <= topo.depth and 0 <= role.index < topo.shards[role.layer - 1]):
+        raise UsageError(f"the run has no neuron {role.name} (layers 1-{topo.depth}, shards {list(topo.shards)})")
+    return DenseNeuron(topo, role.layer, role.index, broker, checkpoints)
 
 
 class Heartbeat:
@@ -148,7 +163,7 @@ class Heartbeat:
         self._thread.start()
 
 
-def serve(run_id: str, layer: int, index: int, broker_url: str, store_url: str, *, wait: float = 300.0,
+def serve(run_id: str, role: Role, broker_url: str, store_url: str, *, wait: float = 300.0,
           heartbeat: float = 1.0, stop: threading.Event | None = None) -> int:
     """Connect, build the actor, announce it and handle messages until a stop; returns the exit status."""
     deadline = time.monotonic() + wait
@@ -158,12 +173,12 @@ def serve(run_id: str, layer: int, index: int, broker_url: str, store_url: str, 
         broker = _retry(f"the broker at {redact_url(broker_url)}", lambda: connect(broker_url), deadline, (BrokerError,))
         checkpoints = Checkpoints(store, run_id)
         topo = _topology(checkpoints, deadline)
-        actor = make_actor(topo, layer, index, broker, checkpoints)
+        actor = make_actor(topo, role, broker, checkpoints)
         for queue in topo.all_queues():  # idempotent; a neuron may come up before the driver
             broker.declare(queue, dead_letter=topo.dead_letter_queue)
         beat = Heartbeat(actor, checkpoints, heartbeat)
         beat.start()
-        actor.report({"event": "hello", "pid": os.getpid(), "host": socket.gethostname()})
+        actor.report(Hello(actor.name, os.getpid(), socket.gethostname()))
         log.info("%s of run %s serving %s", actor.name, run_id, actor.queue)
         try:
             with threadpool_limits(limits=1, user_api="blas"):
@@ -211,8 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     # docker stop / compose down send SIGTERM: finish the message at hand and exit cleanly
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        run_id, layer, index, broker_url, store_url = _settings(args)
-        return serve(run_id, layer, index, broker_url, store_url, wait=args.wait, heartbeat=args.heartbeat, stop=stop)
+        run_id, role, broker_url, store_url = _settings(args)
+        return serve(run_id, role, broker_url, store_url, wait=args.wait, heartbeat=args.heartbeat, stop=stop)
     except UsageError as exc:
         print(f"neuron: {exc}", file=sys.stderr)
         return EXIT_USAGE

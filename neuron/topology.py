@@ -9,7 +9,8 @@ from functools import cached_property
 
 import numpy as np
 
-from neuron import codec
+from neuron import codec, protocol
+from neuron.role import HEAD, HEAD_LAYER, MAX_LAYER, Role
 
 RUN_ID = re.compile(r"^(?!\.\.?$)[A-Za-z0-9_.-]{1,64}$")  # "." and ".." would name folders of a file store
 # a neuron may receive one micro-batch of the widest layer plus headroom for the header
@@ -36,7 +37,7 @@ def micro_sizes(rows: int, micro_batches: int) -> tuple[int, ...]:
 
 @dataclass(frozen=True)
 class Topology:
-    """The run's network as the actors see it; layer 0 is the input (the driver), layer depth+1 the loss head."""
+    """The run's network as the actors see it; layer 0 is the input (the driver), then layers 1..depth."""
 
     run_id: str
     sizes: tuple[int, ...]
@@ -55,6 +56,8 @@ class Topology:
     def __post_init__(self) -> None:
         if not RUN_ID.match(self.run_id):
             raise ValueError(f"run id {self.run_id!r} must match {RUN_ID.pattern}")
+        if not 1 <= len(self.sizes) - 1 <= MAX_LAYER:
+            raise ValueError(f"a network has 1-{MAX_LAYER} layers after the input, not {len(self.sizes) - 1}")
         if len(self.shards) != len(self.sizes) - 1:
             raise ValueError("one shard count per layer after the input is needed")
         for layer, (units, parts) in enumerate(zip(self.sizes[1:], self.shards), start=1):
@@ -83,8 +86,8 @@ class Topology:
 
     @property
     def head_layer(self) -> int:
-        """The layer number the loss head uses as its source id."""
-        return self.depth + 1
+        """The layer number of the loss head (the same in every run: see neuron/role.py)."""
+        return HEAD_LAYER
 
     @cached_property
     def run_tag(self) -> int:
@@ -117,17 +120,17 @@ class Topology:
         """Hidden layers use the configured activation; the output layer is linear into the softmax."""
         return "linear" if layer == self.depth else self.activation
 
-    def neurons(self) -> list[tuple[int, int]]:
+    def neurons(self) -> list[Role]:
         """(layer, index) of every neuron, layer by layer."""
-        return [(layer, i) for layer in range(1, self.depth + 1) for i in range(self.shards[layer - 1])]
+        return [Role(layer, i) for layer in range(1, self.depth + 1) for i in range(self.shards[layer - 1])]
+
+    def roles(self) -> list[Role]:
+        """Every actor of the run: the neurons layer by layer, then the loss head."""
+        return [*self.neurons(), HEAD]
 
     def queue(self, layer: int, index: int = 0) -> str:
-        """The inbound queue of neuron (layer, index); the head's for layer depth+1, the driver's for 0."""
-        if layer == 0:
-            return f"cf.{self.run_id}.driver"
-        if layer == self.head_layer:
-            return f"cf.{self.run_id}.head"
-        return f"cf.{self.run_id}.L{layer}.{index}"
+        """The inbound queue of the actor at (layer, index): a neuron, the head or (layer 0) the driver."""
+        return Role(layer, index).queue(self.run_id)
 
     @property
     def dead_letter_queue(self) -> str:
@@ -136,7 +139,7 @@ class Topology:
 
     def actor_names(self) -> list[str]:
         """Name of every actor of the run, neurons layer by layer ("L2.1") then the loss head ("head")."""
-        return [f"L{layer}.{index}" for layer, index in self.neurons()] + ["head"]
+        return [role.name for role in self.roles()]
 
     def layer_queues(self, layer: int) -> list[str]:
         """The inbound queues of the neurons of `layer`, by index."""
@@ -144,7 +147,7 @@ class Topology:
 
     def all_queues(self) -> list[str]:
         """Every inbound queue of the run: neurons, head, driver."""
-        return [self.queue(*n) for n in self.neurons()] + [self.queue(self.head_layer), self.queue(0)]
+        return [role.queue(self.run_id) for role in self.roles()] + [self.queue(0)]
 
     def max_message_bytes(self) -> int:
         """Size limit of one message: the widest micro-batch payload plus header room."""
@@ -153,25 +156,8 @@ class Topology:
         return max(MAX_MESSAGE_FLOOR, 2 * payload)
 
     def schema_for(self, layer: int, index: int) -> codec.Schema:
-        """What the actor at (layer, index) accepts; (depth+1, 0) is the loss head, (0, 0) the driver."""
-        cols: dict[tuple[int, int, int], int | None] = {}
-        if layer == 0:
-            for src in [(n[0], n[1]) for n in self.neurons()] + [(self.head_layer, 0)]:
-                cols[(codec.REPORT, *src)] = None
-            cols[(codec.PRED, self.head_layer, 0)] = 0
-        else:
-            cols[(codec.CONTROL, 0, 0)] = None
-            for s, (a, b) in enumerate(self.splits(layer - 1)):
-                cols[(codec.ACT, layer - 1, s)] = b - a
-        if layer == self.head_layer:
-            cols[(codec.LABELS, 0, 0)] = 0
-        elif 1 <= layer <= self.depth:
-            a, b = self.splits(layer)[index]
-            if layer == self.depth:
-                cols[(codec.GRAD, self.head_layer, 0)] = b - a
-            else:
-                for s in range(self.shards[layer]):
-                    cols[(codec.GRAD, layer + 1, s)] = b - a
+        """What the actor at (layer, index) accepts (see protocol.expected_sources); (0, 0) is the driver."""
+        cols = protocol.expected_sources(self, Role(layer, index))
         return codec.Schema(self.run_tag, self.np_dtype, self.max_rows, self.batch_size, self.max_message_bytes(), cols)
 
     def to_dict(self) -> dict:

@@ -20,7 +20,8 @@ from orchestrator.config.plan import build_plan, format_plan
 from orchestrator.training.progress import Progress
 from orchestrator.training.reference import accuracy, predict
 from neuron.topology import RUN_ID
-from orchestrator.training.runner import TARGETS, make_schedule, new_run_id, train_run
+from orchestrator.runtimes import TARGETS
+from orchestrator.training.runner import make_schedule, new_run_id, train_run
 from orchestrator.training.plot import training_svg
 from orchestrator.cli import operations
 from orchestrator.cli.operations import config_of

@@ -149,7 +149,7 @@ def _apply_compose_layer(args: argparse.Namespace, topo: Topology) -> None:
     document, text = compose_render.compose_file(topo, config.deploy, args.config, folder)
     with open(args.compose_file, "w", encoding="utf-8") as fh:
         fh.write(text)
-    layer = [name for name in document["services"] if name.startswith(f"neuron-l{args.layer}-")]
+    layer = [role.compose_service for role in topo.neurons() if role.layer == args.layer]
     compose = ["docker", "compose", "-f", args.compose_file]
     # --remove-orphans drops the services of neurons the new split no longer has
     done = subprocess.run([*compose, "up", "-d", "--no-deps", "--remove-orphans", *layer],

@@ -31,16 +31,17 @@ def build_plan(config: Config, run_id: str, steps_per_epoch: int = 0) -> Topolog
 def plan_rows(topo: Topology) -> list[dict]:
     """One row per neuron: id, layer, rows, fan-in, parameters, queue."""
     rows = []
-    for layer, index in topo.neurons():
+    for role in topo.neurons():
+        layer, index = role
         a, b = topo.splits(layer)[index]
         fan_in = topo.sizes[layer - 1]
         rows.append({
-            "id": f"L{layer}.{index}",
+            "id": role.name,
             "layer": layer,
             "rows": f"{a}-{b}",
             "fan_in": fan_in,
             "params": (b - a) * (fan_in + 1),
-            "queue": topo.queue(layer, index),
+            "queue": role.queue(topo.run_id),
         })
     return rows
 

@@ -103,12 +103,10 @@ def ecs_plan(config: Config, topo: Topology, config_text: str, *, region: str | 
             svc["discovery"] = discovery
         services.append(svc)
 
-    for layer, index in topo.neurons():
-        cpus, memory = config.deploy.for_layer(layer)
-        env = environment + [{"name": "CUTTLEFISH_LAYER", "value": str(layer)}, {"name": "CUTTLEFISH_INDEX", "value": str(index)}]
-        service(f"l{layer}-{index}", task(f"l{layer}-{index}", ecs.image, ["python3", "-m", "neuron"], env, secrets, cpus, memory))
-    head_env = environment + [{"name": "CUTTLEFISH_LAYER", "value": "head"}, {"name": "CUTTLEFISH_INDEX", "value": "0"}]
-    service("head", task("head", ecs.image, ["python3", "-m", "neuron"], head_env, secrets, None, None))
+    for role in topo.roles():
+        cpus, memory = (None, None) if role.is_head else config.deploy.for_layer(role.layer)
+        env = environment + [{"name": k, "value": v} for k, v in role.env().items()]
+        service(role.slug, task(role.slug, ecs.image, ["python3", "-m", "neuron"], env, secrets, cpus, memory))
     # the driver gets the config itself (base64 in its environment): a changed config updates only its task
     driver_env = [*environment, {"name": "CUTTLEFISH_CONFIG_B64", "value": base64.b64encode(config_text.encode()).decode()}]
     driver_cmd = ["sh", "-c", 'printf %s "$CUTTLEFISH_CONFIG_B64" | base64 -d > /tmp/network.yaml && exec python3 -m '

@@ -1,10 +1,9 @@
-"""The embedded deployment: every neuron and the loss head on its own thread of this process."""
+"""The embedded runtime: every neuron and the loss head on its own thread of this process."""
 from __future__ import annotations
 
 import logging
 import threading
-from contextlib import contextmanager
-from typing import Iterator
+from contextlib import ExitStack
 
 from threadpoolctl import threadpool_limits
 
@@ -14,18 +13,20 @@ from neuron.dense import DenseNeuron
 from neuron.head import LossHead
 from neuron.topology import Topology
 from orchestrator.errors import TrainingError
+from orchestrator.runtimes.base import Runtime, Services
 from paramstore.checkpoint import Checkpoints
 
 log = logging.getLogger(__name__)
 
 
-class ThreadedActors:
+class ThreadedActors(Runtime):
     """Runs the actors of a topology on threads and notices any that died."""
 
     def __init__(self, topo: Topology, broker: Broker, checkpoints: Checkpoints) -> None:
         self.actors: list[Actor] = [DenseNeuron(topo, layer, index, broker, checkpoints)
                                     for layer, index in topo.neurons()]
         self.actors.append(LossHead(topo, broker))
+        self._limits = ExitStack()
         self._stop = threading.Event()
         self._errors: dict[str, BaseException] = {}
         self._threads = [threading.Thread(target=self._run, args=(a,), name=f"cuttlefish-{a.name}", daemon=True)
@@ -39,8 +40,16 @@ class ThreadedActors:
             self._errors[actor.name] = exc
             actor.fail(exc)
 
+    @classmethod
+    def create(cls, topo: Topology, services: Services) -> ThreadedActors:
+        """Threads for the actors of `topo`, sharing the run's broker and checkpoints."""
+        return cls(topo, services.broker, services.checkpoints)
+
     def start(self) -> None:
         """Start every actor thread."""
+        # Every neuron thread calls BLAS at once; BLAS's own worker threads would fight them for the cores
+        # (OpenBLAS workers spin), so each call runs on its caller's thread and the neurons are the parallelism.
+        self._limits.enter_context(threadpool_limits(limits=1, user_api="blas"))
         for thread in self._threads:
             thread.start()
 
@@ -57,21 +66,9 @@ class ThreadedActors:
         self._stop.set()
         for thread in self._threads:
             thread.join(timeout)
+        self._limits.close()
 
     def stats(self) -> dict[str, dict]:
         """Per-actor message counters."""
         return {a.name: dict(a.stats) for a in self.actors}
 
-
-@contextmanager
-def threaded_actors(topo: Topology, broker: Broker, checkpoints: Checkpoints) -> Iterator[ThreadedActors]:
-    """Start the actors of `topo` on threads for the duration of the block."""
-    group = ThreadedActors(topo, broker, checkpoints)
-    # Every neuron thread calls BLAS at once; BLAS's own worker threads would fight them for the cores
-    # (OpenBLAS workers spin), so each call runs on its caller's thread and the neurons are the parallelism.
-    with threadpool_limits(limits=1, user_api="blas"):
-        group.start()
-        try:
-            yield group
-        finally:
-            group.stop()

@@ -1,33 +1,50 @@
-"""The external deployment: the neurons run elsewhere (containers, other hosts); the driver watches heartbeats."""
+"""The external runtime: the neurons run elsewhere (containers, other hosts); the driver watches heartbeats."""
 from __future__ import annotations
 
 import logging
 import time
-from contextlib import contextmanager
-from typing import Iterator
 
 from neuron.topology import Topology
 from orchestrator.errors import NeuronLost
+from orchestrator.runtimes.base import Runtime, Services
 from paramstore.checkpoint import Checkpoints
 from paramstore.errors import StoreError
 
 log = logging.getLogger(__name__)
 
 
-class HeartbeatWatch:
-    """Notices a neuron whose heartbeat expired or whose process changed (it restarted) since last seen."""
+class HeartbeatWatch(Runtime):
+    """Notices a neuron whose heartbeat expired or whose process changed (it restarted) since last seen.
+
+    Whoever runs the containers replaces a rescaled layer's neurons (e.g. `scale --target compose`).
+    """
+
+    can_replace = True
 
     def __init__(self, topo: Topology, checkpoints: Checkpoints, interval: float = 1.0) -> None:
-        self.actors = set(topo.actor_names())
+        self.layers = {role.name: role.layer for role in topo.roles()}
+        self.actors = set(self.layers)
         self.checkpoints, self.interval = checkpoints, interval
         self._seen: dict[str, tuple] = {}  # actor -> (host, pid, started) of the process last seen
         self._next = 0.0
 
-    def rescale(self, topo: Topology, layer: int) -> None:
+    @classmethod
+    def create(cls, topo: Topology, services: Services) -> HeartbeatWatch:
+        """A watch over the heartbeats of `topo`'s actors in the run's store."""
+        return cls(topo, services.checkpoints)
+
+    def start(self) -> None:
+        """Nothing to start: the neurons are run by someone else."""
+
+    def stop(self) -> None:
+        """Nothing to stop: the driver's stop message ends the neurons."""
+
+    def replace_layer(self, topo: Topology, layer: int) -> None:
         """Watch the neurons of the new split of `layer` (started by whoever runs the containers)."""
-        self.actors = set(topo.actor_names())
+        self.layers = {role.name: role.layer for role in topo.roles()}
+        self.actors = set(self.layers)
         self._seen = {actor: who for actor, who in self._seen.items()
-                      if actor in self.actors and not actor.startswith(f"L{layer}.")}
+                      if actor in self.actors and self.layers[actor] != layer}
 
     def check(self) -> None:
         """Raise NeuronLost if a neuron seen before is gone or is a new process; reads the store once a second."""
@@ -54,8 +71,3 @@ class HeartbeatWatch:
         if lost:
             raise NeuronLost(f"neuron {', '.join(lost)}")
 
-
-@contextmanager
-def external_actors(topo: Topology, checkpoints: Checkpoints) -> Iterator[HeartbeatWatch]:
-    """Nothing to start: the neurons of `topo` are run by someone else; yields their heartbeat watch."""
-    yield HeartbeatWatch(topo, checkpoints)

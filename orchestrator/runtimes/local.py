@@ -1,4 +1,4 @@
-"""The local deployment: one OS process per neuron on this machine, supervised and restarted when one dies."""
+"""The local runtime: one OS process per neuron on this machine, supervised and restarted when one dies."""
 from __future__ import annotations
 
 import logging
@@ -6,37 +6,42 @@ import os
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
-from typing import Iterator
 
+from neuron.role import Role
 from neuron.service import EXIT_USAGE
 from neuron.topology import Topology
 from orchestrator.errors import NeuronLost, TrainingError
+from orchestrator.runtimes.base import Runtime, Services
 
 log = logging.getLogger(__name__)
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-class ProcessGroup:
+class ProcessGroup(Runtime):
     """The neuron processes of one run (every neuron plus the loss head), each `python -m neuron`."""
+
+    can_replace = True
 
     def __init__(self, topo: Topology, broker_url: str, store_url: str, *, max_restarts: int = 50,
                  log_level: str = "WARNING") -> None:
         self.topo, self.broker_url, self.store_url = topo, broker_url, store_url
         self.max_restarts, self.log_level = max_restarts, log_level
-        self.roles = {f"L{layer}.{index}": (str(layer), str(index)) for layer, index in topo.neurons()}
-        self.roles["head"] = ("head", "0")
+        self.roles: dict[str, Role] = {role.name: role for role in topo.roles()}
         self.procs: dict[str, subprocess.Popen] = {}
         self.restarts = 0
         self._stopping = False
 
+    @classmethod
+    def create(cls, topo: Topology, services: Services) -> ProcessGroup:
+        """Processes for the actors of `topo`, reaching the run's broker and store by URL."""
+        return cls(topo, services.broker_url, services.store_url)
+
     def _spawn(self, name: str) -> subprocess.Popen:
-        layer, index = self.roles[name]
         env = dict(os.environ)
         # URLs travel in the environment, never on a command line that `ps` shows to every user
-        env.update(CUTTLEFISH_RUN_ID=self.topo.run_id, CUTTLEFISH_LAYER=layer, CUTTLEFISH_INDEX=index,
-                   CUTTLEFISH_BROKER=self.broker_url, CUTTLEFISH_STORE=self.store_url,
+        env.update(self.roles[name].env())
+        env.update(CUTTLEFISH_RUN_ID=self.topo.run_id, CUTTLEFISH_BROKER=self.broker_url, CUTTLEFISH_STORE=self.store_url,
                    CUTTLEFISH_LOG_LEVEL=env.get("CUTTLEFISH_LOG_LEVEL", self.log_level),
                    OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
                    PYTHONPATH=os.pathsep.join(filter(None, (_ROOT, env.get("PYTHONPATH")))))
@@ -75,9 +80,13 @@ class ProcessGroup:
         if lost:
             raise NeuronLost(f"neuron process {', '.join(lost)} died and was restarted")
 
-    def rescale(self, topo: Topology, layer: int) -> None:
+    def stats(self) -> dict[str, dict]:
+        """The process id of each actor, and the restarts of the whole group."""
+        return {name: {"pid": pid, "restarts": self.restarts} for name, pid in self.pids().items()}
+
+    def replace_layer(self, topo: Topology, layer: int) -> None:
         """Stop the neurons of `layer` and start the set `topo` splits it into; the others keep running."""
-        old = {name: self.procs.pop(name) for name in list(self.roles) if name.startswith(f"L{layer}.")}
+        old = {name: self.procs.pop(name) for name, role in list(self.roles.items()) if role.layer == layer}
         for name, proc in old.items():
             del self.roles[name]
             proc.terminate()  # SIGTERM: the neuron finishes the message at hand and exits 0
@@ -88,10 +97,10 @@ class ProcessGroup:
                 proc.kill()
                 proc.wait()
         self.topo = topo
-        for index in range(topo.shards[layer - 1]):
-            name = f"L{layer}.{index}"
-            self.roles[name] = (str(layer), str(index))
-            self.procs[name] = self._spawn(name)
+        for role in topo.neurons():
+            if role.layer == layer:
+                self.roles[role.name] = role
+                self.procs[role.name] = self._spawn(role.name)
 
     def stop(self, timeout: float = 15.0) -> None:
         """Wait for the neurons to exit after the driver's stop message, then terminate what is left."""
@@ -109,13 +118,3 @@ class ProcessGroup:
                 proc.kill()
                 proc.wait()
 
-
-@contextmanager
-def process_group(topo: Topology, broker_url: str, store_url: str) -> Iterator[ProcessGroup]:
-    """Run one process per neuron of `topo` for the duration of the block."""
-    group = ProcessGroup(topo, broker_url, store_url)
-    group.start()
-    try:
-        yield group
-    finally:
-        group.stop()

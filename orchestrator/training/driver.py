@@ -9,15 +9,17 @@ from typing import Callable
 import numpy as np
 
 from broker.base import Broker
-from neuron import codec
+from neuron import codec, protocol
 from neuron.errors import CodecError
 from neuron.optim import state_names
+from neuron.role import HEAD
 from neuron.topology import Topology, micro_sizes
 from orchestrator.data.mnist import Dataset, to_inputs
 from orchestrator.training import rescale
 from orchestrator.errors import NeuronLost, TrainingError
 from orchestrator.training.rescale import RescaleRequested
 from orchestrator.data.model import Params
+from orchestrator.runtimes.base import Runtime
 from orchestrator.training.schedule import Schedule
 from paramstore.checkpoint import Checkpoints
 
@@ -49,8 +51,6 @@ class DriverOptions:
     keep_checkpoints: int = 2
     on_step: Callable[[int, float, int], None] | None = None  # (step, loss, samples)
     on_epoch: Callable[[int, float], None] | None = None  # (epoch, test accuracy)
-    liveness: Callable[[], None] | None = None  # raises NeuronLost (recoverable) or TrainingError if an actor died
-    on_rescale: Callable[[Topology, int], None] | None = None  # (new topology, layer): replace that layer's neurons
 
 
 class _Stalled(NeuronLost):
@@ -58,10 +58,15 @@ class _Stalled(NeuronLost):
 
 
 class Driver:
-    """Runs one training run of `topo` over `broker`, checkpointing through `checkpoints`."""
+    """Runs one training run of `topo` over `broker`, checkpointing through `checkpoints`.
 
-    def __init__(self, topo: Topology, broker: Broker, checkpoints: Checkpoints, options: DriverOptions) -> None:
-        self.broker, self.checkpoints, self.options = broker, checkpoints, options
+    `runtime`, where the actors live, is asked whether they are alive while the driver waits and to replace
+    a rescaled layer's neurons; without one the driver relies on the messages alone.
+    """
+
+    def __init__(self, topo: Topology, broker: Broker, checkpoints: Checkpoints, options: DriverOptions,
+                 runtime: Runtime | None = None) -> None:
+        self.broker, self.checkpoints, self.options, self.runtime = broker, checkpoints, options, runtime
         self.queue = topo.queue(0)
         self._set_topology(topo)
         self._look_for_rescale = False
@@ -119,15 +124,15 @@ class Driver:
         self._look_for_rescale = True
 
     # -- messages ---------------------------------------------------------------------------------
-    def _control(self, data: dict) -> None:
-        body = codec.encode(codec.CONTROL, self.topo.run_tag, self.generation, 0, data=data)
-        self.broker.publish_many([self.topo.queue(*n) for n in self.topo.neurons()] + [self.topo.queue(self.topo.head_layer)], body)
+    def _control(self, op: protocol.Start | protocol.Stop) -> None:
+        body = codec.encode(protocol.CONTROL, self.topo.run_tag, self.generation, 0, data=op.to_data())
+        self.broker.publish_many([role.queue(self.topo.run_id) for role in self.topo.roles()], body)
 
     def _pump(self, timeout: float) -> None:
         delivery = self.broker.get(self.queue, timeout=timeout)
         if delivery is None:
-            if self.options.liveness is not None:
-                self.options.liveness()
+            if self.runtime is not None:
+                self.runtime.check()
             if time.monotonic() - self._last_message > self.options.stall_timeout:
                 silent = f"no message from any neuron for {self.options.stall_timeout:.0f} s"
                 if self._starting:
@@ -141,46 +146,48 @@ class Driver:
         except CodecError as exc:
             self.broker.reject(delivery, f"{type(exc).__name__}: {exc}")
             return
-        if msg.kind == codec.REPORT and isinstance(msg.data, dict) and msg.data.get("event") == "hello":
+        report = None
+        if msg.kind == protocol.REPORT:
+            try:
+                report = protocol.parse_report(msg.data or {})
+            except (KeyError, TypeError, ValueError) as exc:
+                log.warning("driver ignored a malformed report %r: %s", msg.data, exc)
+                self.broker.ack(delivery)
+                return
+        if isinstance(report, protocol.Hello):
             self.broker.ack(delivery)
-            self._on_hello(str(msg.data.get("actor")))
+            self._on_hello(report.actor)
             return
         current = msg.generation == self.generation
-        if current and msg.kind == codec.PRED and self._expected_preds.get(msg.micro) != msg.array.shape[0]:
+        if current and msg.kind == protocol.PRED and self._expected_preds.get(msg.micro) != msg.array.shape[0]:
             self.broker.reject(delivery, f"unexpected predictions for micro-batch {msg.micro}")
             return
         self.broker.ack(delivery)
         if not current:
             return
-        if msg.kind == codec.PRED:
+        if msg.kind == protocol.PRED:
             self._preds[msg.micro] = msg.array
             return
-        try:
-            self._on_report(msg.data)
-        except (KeyError, TypeError, ValueError) as exc:
-            log.warning("driver ignored a malformed report %r: %s", msg.data, exc)
+        if report is not None:
+            self._on_report(report)
 
     def _on_hello(self, actor: str) -> None:
         # A neuron that was ready has restarted and lost its state; one not ready yet will read the start.
         if actor in self._ready:
             raise NeuronLost(f"neuron {actor} restarted")
 
-    def _on_report(self, data: dict) -> None:
-        event, actor = data.get("event"), str(data.get("actor"))
-        if event == "failed":
-            raise TrainingError(f"neuron {actor} failed: {data.get('error')}")
-        if event == "ready":
-            self._ready.add(actor)
-        elif event == "loss":
-            step, loss, samples = data["step"], float(data["loss"]), data["samples"]
-            if not (isinstance(step, int) and isinstance(samples, int)):
-                raise TypeError("step and samples must be integers")
-            self._losses[step] = {"loss": loss, "samples": samples}
-        elif event == "checkpoint":
-            version = data["version"]
-            if not isinstance(version, int) or actor not in self.actors:
-                raise TypeError("checkpoint report needs an integer version and a known actor")
-            self._ckpt_reports.setdefault(version, set()).add(actor)
+    def _on_report(self, report: protocol.Report) -> None:
+        if isinstance(report, protocol.Failed):
+            raise TrainingError(f"neuron {report.actor} failed: {report.error}")
+        if isinstance(report, protocol.Ready):
+            self._ready.add(report.actor)
+        elif isinstance(report, protocol.Loss):
+            self._losses[report.step] = {"loss": report.loss, "samples": report.samples}
+        elif isinstance(report, protocol.Saved):
+            if report.actor not in self.actors:
+                log.warning("driver ignored a checkpoint report of unknown actor %r", report.actor)
+                return
+            self._ckpt_reports.setdefault(report.version, set()).add(report.actor)
 
     def _wait(self, done: Callable[[], bool], what: str) -> None:
         self._last_message = time.monotonic()
@@ -209,7 +216,7 @@ class Driver:
         self._committed = version
         # a restarted driver must pick a generation above every one that ever ran
         self.checkpoints.update_manifest(generation=generation)
-        self._control({"op": "start", "generation": generation, "version": version, "topology": self.topo.to_dict()})
+        self._control(protocol.Start(generation, version, self.topo.to_dict()))
         self._starting = True
         try:
             self._wait(lambda: len(self._ready) == len(self.actors), "every neuron to load its checkpoint")
@@ -256,15 +263,17 @@ class Driver:
     def _rescale(self, request: dict, version: int, generation: int) -> None:
         """Switch to the requested split; the next start_generation has every actor adopt it."""
         t0 = time.monotonic()
-        new = rescale.resolve(self.checkpoints, self.topo, request, can_replace=self.options.on_rescale is not None)
-        if new is None:
+        runtime = self.runtime
+        new = rescale.resolve(self.checkpoints, self.topo, request,
+                              can_replace=runtime is not None and runtime.can_replace)
+        if new is None or runtime is None:
             return
         old, layer = self.topo, request["layer"]
         gone = [old.queue(layer, i) for i in range(new.shards[layer - 1], old.shards[layer - 1])]
         self._declare([new.queue(layer, i) for i in range(old.shards[layer - 1], new.shards[layer - 1])])
         self._set_topology(new)
         self.checkpoints.update_manifest(topology=new.to_dict())  # new neuron processes read their split here
-        self.options.on_rescale(new, layer)
+        runtime.replace_layer(new, layer)
         for queue in gone:
             self.broker.delete(queue)
         rescale.clear(self.checkpoints.store, new.run_id)
@@ -275,7 +284,7 @@ class Driver:
 
     def stop(self) -> None:
         """Tell every actor to exit."""
-        self._control({"op": "stop", "generation": self.generation})
+        self._control(protocol.Stop(self.generation))
 
     def train(self, train: Dataset, test: Dataset | None, schedule: Schedule, start: int) -> tuple[Params, float | None]:
         """Train from committed checkpoint `start` to the schedule's end; the generation must be started.
@@ -305,7 +314,7 @@ class Driver:
                 order = schedule.order(epoch)
             idx = schedule.indices(step, order)
             last = step == total - 1
-            flags = codec.CHECKPOINT if (step + 1) % opts.checkpoint_every == 0 or last else 0
+            flags = protocol.CHECKPOINT if (step + 1) % opts.checkpoint_every == 0 or last else 0
             self._send_step(step, to_inputs(train.images[idx], dtype), train.labels[idx], flags)
             self._sent[step] = len(idx)
             if test is not None and (schedule.ends_epoch(step) or last):
@@ -337,11 +346,11 @@ class Driver:
         sizes = micro_sizes(x.shape[0], self.topo.micro_batches)
         tag, gen = self.topo.run_tag, self.generation
         first = self.topo.layer_queues(1)
-        self.broker.publish(self.topo.queue(self.topo.head_layer),
-                            codec.encode(codec.LABELS, tag, gen, step, nmicro=len(sizes), array=y.astype(np.int32)))
+        self.broker.publish(HEAD.queue(self.topo.run_id),
+                            codec.encode(protocol.LABELS, tag, gen, step, nmicro=len(sizes), array=y.astype(np.int32)))
         offset = 0
         for micro, rows in enumerate(sizes):
-            body = codec.encode(codec.ACT, tag, gen, step, micro=micro, nmicro=len(sizes), flags=flags,
+            body = codec.encode(protocol.ACT, tag, gen, step, micro=micro, nmicro=len(sizes), flags=flags,
                                 array=x[offset:offset + rows])
             self.broker.publish_many(first, body)
             offset += rows
@@ -355,8 +364,8 @@ class Driver:
         for micro, start in enumerate(range(0, x.shape[0], chunk)):
             spans.append((start, min(start + chunk, x.shape[0])))
             self._expected_preds[micro] = spans[-1][1] - start
-            body = codec.encode(codec.ACT, self.topo.run_tag, self.generation, version, micro=micro,
-                                flags=codec.EVAL, array=x[start:start + chunk])
+            body = codec.encode(protocol.ACT, self.topo.run_tag, self.generation, version, micro=micro,
+                                flags=protocol.EVAL, array=x[start:start + chunk])
             self.broker.publish_many(first, body)
         self._wait(lambda: len(self._preds) == len(spans), f"predictions of checkpoint {version}")
         correct = sum(int((self._preds[m] == test.labels[a:b]).sum()) for m, (a, b) in enumerate(spans))

@@ -4,25 +4,21 @@ from __future__ import annotations
 import dataclasses
 import secrets
 import time
+from typing import Callable
 
 from broker import connect
 from broker.base import Broker
 from orchestrator.config import Config
 from orchestrator.data.mnist import Dataset
 from orchestrator.training.driver import Driver, DriverOptions, TrainResult
-from orchestrator.runtimes.embedded import threaded_actors
-from orchestrator.runtimes.external import external_actors
-from orchestrator.runtimes.local import process_group
 from orchestrator.errors import TrainingError
+from orchestrator.runtimes import TARGETS, Runtime, Services, runtime_for
 from orchestrator.data.model import Params, init_params
 from orchestrator.config.plan import build_plan
 from orchestrator.training.schedule import Schedule
 from paramstore import open_store, redact_url
 from paramstore.base import Store
 from paramstore.checkpoint import Checkpoints
-
-
-TARGETS = ("embedded", "local", "external")
 
 
 def new_run_id() -> str:
@@ -63,7 +59,7 @@ def train_run(
     broker: Broker | None = None,
     store: Store | None = None,
     target: str = "embedded",
-    on_actors=None,
+    on_actors: Callable[[Runtime], None] | None = None,
 ) -> TrainResult:
     """Train `config` and return the final weights and accuracy.
 
@@ -71,9 +67,9 @@ def train_run(
     restarted when it dies (which needs a broker and store that processes share); "external" starts
     nothing: the neurons run elsewhere (containers) and are watched through their heartbeats. `broker` and `store`
     default to fresh connections to the config's URLs; pass shared instances to reuse an in-memory store
-    across runs (tests resume that way). `on_actors(group)` is called once the actors are up.
+    across runs (tests resume that way). `on_actors(runtime)` is called once the actors are up.
     """
-    if target not in TARGETS:
+    if target not in TARGETS:  # before anything is opened
         raise TrainingError(f"unknown target {target!r}; known: {', '.join(TARGETS)}")
     schedule = make_schedule(config, len(train), max_steps)
     topo = build_plan(config, run_id, schedule.steps_per_epoch)
@@ -83,7 +79,8 @@ def train_run(
     store = store or open_store(config.paramstore)
     try:
         checkpoints = Checkpoints(store, run_id)
-        driver = Driver(topo, broker, checkpoints, options)
+        runtime = runtime_for(target, topo, Services(broker, checkpoints, config.broker, config.paramstore))
+        driver = Driver(topo, broker, checkpoints, options, runtime)
         driver.declare()
         if resume:
             manifest = checkpoints.manifest()
@@ -103,23 +100,14 @@ def train_run(
                          "seed": schedule.seed, "shuffle": schedule.shuffle, "max_steps": schedule.max_steps}
         checkpoints.update_manifest(generation=generation, status="running", topology=topo.to_dict(),
                                     schedule=schedule_info)
-        if target == "embedded":
-            actors = threaded_actors(topo, broker, checkpoints)
-        elif target == "local":
-            actors = process_group(topo, config.broker, config.paramstore)
-        else:
-            actors = external_actors(topo, checkpoints)
-        with actors as group:
-            driver.options.liveness = group.check
-            driver.options.on_rescale = getattr(group, "rescale", None)
+        with runtime:
             if on_actors is not None:
-                on_actors(group)
+                on_actors(runtime)
             try:
                 result = driver.run(train, test, schedule, version, generation)
             finally:
                 driver.stop()
-        if target == "embedded":
-            result.actor_stats = group.stats()
+        result.actor_stats = runtime.stats()
         return result
     finally:
         if own_broker:
