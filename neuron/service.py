@@ -34,6 +34,7 @@ from neuron.topology import RUN_ID, Topology
 from paramstore import open_store
 from paramstore.checkpoint import Checkpoints
 from paramstore.errors import StoreError
+from paramstore.run import RunRecord
 from paramstore.errors import redact_url as redact_store_url
 
 log = logging.getLogger("neuron")
@@ -118,9 +119,9 @@ def _settings(args: argparse.Namespace) -> tuple[str, Role, str, str]:
 def _topology(checkpoints: Checkpoints, deadline: float) -> Topology:
     def read() -> Topology:
         manifest = checkpoints.manifest()
-        if manifest is None or "topology" not in manifest:
+        if manifest is None or manifest.topology is None:
             raise LookupError(f"run {checkpoints.run_id} has no manifest yet")
-        return Topology.from_dict(manifest["topology"])
+        return Topology.from_dict(dict(manifest.topology))
     return _retry("the run's manifest", read, deadline, (LookupError, StoreError))
 
 
@@ -136,8 +137,8 @@ def make_actor(topo: Topology, role: Role, broker: Broker, checkpoints: Checkpoi
 class Heartbeat:
     """A thread that records the actor's status in the store every `interval` seconds."""
 
-    def __init__(self, actor: Actor, checkpoints: Checkpoints, interval: float) -> None:
-        self.actor, self.checkpoints, self.interval = actor, checkpoints, interval
+    def __init__(self, actor: Actor, record: RunRecord, interval: float) -> None:
+        self.actor, self.record, self.interval = actor, record, interval
         # several missed beats, not one slow store write, mark a neuron as gone
         self.ttl = max(5 * interval, 5.0)
         self.stop = threading.Event()
@@ -153,13 +154,13 @@ class Heartbeat:
     def _run(self) -> None:
         while not self.stop.wait(self.interval):
             try:
-                self.checkpoints.beat(self.actor.name, self.status(), ttl=self.ttl)
+                self.record.beat(self.actor.name, self.status(), ttl=self.ttl)
             except StoreError as exc:  # a store outage must not kill the neuron; the driver notices the silence
                 log.warning("heartbeat of %s failed: %s", self.actor.name, exc)
 
     def start(self) -> None:
         """Beat once now, then every interval."""
-        self.checkpoints.beat(self.actor.name, self.status(), ttl=self.ttl)
+        self.record.beat(self.actor.name, self.status(), ttl=self.ttl)
         self._thread.start()
 
 
@@ -176,7 +177,7 @@ def serve(run_id: str, role: Role, broker_url: str, store_url: str, *, wait: flo
         actor = make_actor(topo, role, broker, checkpoints)
         for queue in topo.all_queues():  # idempotent; a neuron may come up before the driver
             broker.declare(queue, dead_letter=topo.dead_letter_queue)
-        beat = Heartbeat(actor, checkpoints, heartbeat)
+        beat = Heartbeat(actor, checkpoints.record, heartbeat)
         beat.start()
         actor.report(Hello(actor.name, os.getpid(), socket.gethostname()))
         log.info("%s of run %s serving %s", actor.name, run_id, actor.queue)

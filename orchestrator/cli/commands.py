@@ -28,6 +28,7 @@ from orchestrator.cli.operations import config_of
 from paramstore import BACKENDS as STORES
 from paramstore import open_store
 from paramstore.checkpoint import Checkpoints
+from paramstore.run import Manifest
 from paramstore.errors import redact_url as redact_store_url
 from paramstore.errors import StoreError
 
@@ -153,16 +154,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
     resume = args.resume
     if args.resume_or_start:
         state = _stored_run(config.paramstore, run_id)
-        if state is not None and state.get("status") == "done":
+        if state is not None and state.status == "done":
             print(f"run {run_id} is already finished; remove it from the store to train again", file=sys.stderr)
             if args.save_model:  # a driver killed after finishing but before saving still leaves the model
                 with open_store(config.paramstore) as store:
-                    params = Checkpoints(store, run_id).read_model(state["latest"], len(config.network.sizes) - 1)
+                    params = Checkpoints(store, run_id).read_model(state.latest, len(config.network.sizes) - 1)
                 save_model(args.save_model, params)
-            if state.get("test_accuracy") is not None:
-                print(f"test accuracy: {state['test_accuracy']:.4f}")
+            if state.test_accuracy is not None:
+                print(f"test accuracy: {state.test_accuracy:.4f}")
             return 0
-        resume = state is not None and state.get("latest") is not None
+        resume = state is not None and state.latest is not None
     losses: dict[int, float] = {}
     with contextlib.ExitStack() as stack:
         metrics = stack.enter_context(open(args.metrics, "a", encoding="utf-8")) if args.metrics else None
@@ -191,7 +192,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _stored_run(store_url: str, run_id: str) -> dict | None:
+def _stored_run(store_url: str, run_id: str) -> Manifest | None:
     """The manifest of `run_id` in the store, or None."""
     with open_store(store_url) as store:
         return Checkpoints(store, run_id).manifest()

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 from broker import connect as connect_broker
 from compose import render as compose_render
 from neuron.topology import RUN_ID, Topology
-from orchestrator.training import rescale
+
 from orchestrator.deploy.aws import EcsDeployer
 from orchestrator.config import Config, load_config
 from orchestrator.deploy.ecs import ecs_plan
@@ -21,7 +21,7 @@ from orchestrator.errors import ConfigError, OrchestratorError
 from orchestrator.config.plan import build_plan
 from orchestrator.deploy.status import find_run, format_status, run_status
 from paramstore import open_store
-from paramstore.checkpoint import Checkpoints
+from paramstore.run import RunRecord
 
 def config_of(args: argparse.Namespace) -> Config:
     """The config named by `args.config`, with the command line's --epochs, --broker and --store applied."""
@@ -107,30 +107,30 @@ def cmd_scale(args: argparse.Namespace) -> int:
         raise ConfigError("--store", "scale talks to the run's driver through a shared store: give --store or a config")
     with open_store(store_url) as store:
         run_id = find_run(store, args.run_id)
-        checkpoints = Checkpoints(store, run_id)
-        manifest = checkpoints.manifest() or {}
-        if manifest.get("status") != "running" or "topology" not in manifest:
-            raise ConfigError("--run-id", f"run {run_id} is not running (status {manifest.get('status')!r})")
-        topo = Topology.from_dict(manifest["topology"])
+        record = RunRecord(store, run_id)
+        manifest = record.manifest() or record.empty()
+        if manifest.status != "running" or manifest.topology is None:
+            raise ConfigError("--run-id", f"run {run_id} is not running (status {manifest.status!r})")
+        topo = Topology.from_dict(dict(manifest.topology))
         try:
             topo.with_shards(args.layer, args.shards)
         except ValueError as exc:
             raise ConfigError("--shards", str(exc)) from None
         if args.target == "compose" and not args.config:
             raise ConfigError("scale", "--target compose needs the config the compose file was made from")
-        rid = rescale.request_scale(store, run_id, args.layer, args.shards)
+        rid = record.request_scale(args.layer, args.shards)
         print(f"asked run {run_id} to split layer {args.layer} into {args.shards} neurons at its next checkpoint",
               file=sys.stderr)
         deadline = time.monotonic() + args.wait
         if args.target == "compose":
             while time.monotonic() < deadline:  # the driver switched the split: start the new set
-                current = Topology.from_dict((checkpoints.manifest() or {})["topology"])
+                current = Topology.from_dict(dict((record.manifest() or manifest).topology or {}))
                 if current.shards[args.layer - 1] == args.shards:
                     _apply_compose_layer(args, current)
                     break
                 time.sleep(0.2)
         while time.monotonic() < deadline:
-            done = [r for r in (checkpoints.manifest() or {}).get("rescales", []) if r.get("id") == rid]
+            done = [r for r in (record.manifest() or manifest).rescales if r.get("id") == rid]
             if done:
                 entry = done[0]
                 if "refused" in entry:

@@ -8,14 +8,14 @@ from broker.errors import BrokerError
 from neuron.topology import Topology
 from orchestrator.errors import OrchestratorError
 from paramstore.base import Store
-from paramstore.checkpoint import Checkpoints
+from paramstore.run import RunRecord, run_ids
 
 COLUMNS = ("neuron", "alive", "generation", "step", "in", "out", "rejected", "queue", "last heartbeat")
 
 
 def find_run(store: Store, run_id: str | None) -> str:
     """`run_id`, or the store's only run, or the newest of its runs (run ids sort by time)."""
-    runs = sorted(k.split("/")[1] for k in store.keys("cuttlefish/") if k.endswith("/manifest"))
+    runs = run_ids(store)
     if run_id is not None:
         if run_id not in runs:
             raise OrchestratorError(f"no run {run_id!r} in the store (runs: {', '.join(runs) or 'none'})")
@@ -27,12 +27,12 @@ def find_run(store: Store, run_id: str | None) -> str:
 
 def run_status(store: Store, broker: Broker | None, run_id: str, now: float | None = None) -> tuple[dict, list[tuple]]:
     """(summary, one row per actor) of run `run_id`."""
-    checkpoints = Checkpoints(store, run_id)
-    manifest = checkpoints.manifest() or {}
-    if "topology" not in manifest:
+    record = RunRecord(store, run_id)
+    manifest = record.manifest()
+    if manifest is None or manifest.topology is None:
         raise OrchestratorError(f"run {run_id!r} has no topology in its manifest yet")
-    topo = Topology.from_dict(manifest["topology"])
-    beats, now = checkpoints.heartbeats(), time.time() if now is None else now
+    topo = Topology.from_dict(dict(manifest.topology))
+    beats, now = record.heartbeats(), time.time() if now is None else now
     names = zip(topo.actor_names(), topo.all_queues())  # both list the neurons, then the head
     rows = []
     for name, queue in names:
@@ -47,11 +47,10 @@ def run_status(store: Store, broker: Broker | None, run_id: str, now: float | No
         rows.append((name, "yes" if beat else "no", _text((beat or {}).get("generation")), _text((beat or {}).get("step")),
                      _text(stats.get("in")), _text(stats.get("out")), _text(stats.get("rejected", 0) if beat else None),
                      depth, f"{max(0.0, now - beat['time']):.1f} s ago" if beat and "time" in beat else "-"))
-    total = (manifest.get("state") or {}).get("total_steps")
-    summary = {"run": run_id, "status": manifest.get("status", "?"), "generation": manifest.get("generation"),
-               "checkpoint": manifest.get("latest"), "total_steps": total,
-               "test_accuracy": manifest.get("test_accuracy"), "alive": sum(r[1] == "yes" for r in rows),
-               "actors": len(rows), "shards": list(topo.shards), "rescales": manifest.get("rescales", [])}
+    summary = {"run": run_id, "status": manifest.status or "?", "generation": manifest.generation,
+               "checkpoint": manifest.latest, "total_steps": manifest.state.get("total_steps"),
+               "test_accuracy": manifest.test_accuracy, "alive": sum(r[1] == "yes" for r in rows),
+               "actors": len(rows), "shards": list(topo.shards), "rescales": list(manifest.rescales)}
     return summary, rows
 
 

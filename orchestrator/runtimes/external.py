@@ -7,7 +7,7 @@ import time
 from neuron.topology import Topology
 from orchestrator.errors import NeuronLost
 from orchestrator.runtimes.base import Runtime, Services
-from paramstore.checkpoint import Checkpoints
+from paramstore.run import RunRecord
 from paramstore.errors import StoreError
 
 log = logging.getLogger(__name__)
@@ -21,17 +21,17 @@ class HeartbeatWatch(Runtime):
 
     can_replace = True
 
-    def __init__(self, topo: Topology, checkpoints: Checkpoints, interval: float = 1.0) -> None:
+    def __init__(self, topo: Topology, record: RunRecord, interval: float = 1.0) -> None:
         self.layers = {role.name: role.layer for role in topo.roles()}
         self.actors = set(self.layers)
-        self.checkpoints, self.interval = checkpoints, interval
+        self.record, self.interval = record, interval
         self._seen: dict[str, tuple] = {}  # actor -> (host, pid, started) of the process last seen
         self._next = 0.0
 
     @classmethod
     def create(cls, topo: Topology, services: Services) -> HeartbeatWatch:
         """A watch over the heartbeats of `topo`'s actors in the run's store."""
-        return cls(topo, services.checkpoints)
+        return cls(topo, services.checkpoints.record)
 
     def start(self) -> None:
         """Nothing to start: the neurons are run by someone else."""
@@ -53,7 +53,7 @@ class HeartbeatWatch(Runtime):
             return
         self._next = now + self.interval
         try:
-            beats = self.checkpoints.heartbeats()
+            beats = self.record.heartbeats()
         except StoreError as exc:  # the store may be restarting; its absence is not a neuron's death
             log.warning("could not read heartbeats: %s", exc)
             return

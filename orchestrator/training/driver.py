@@ -22,6 +22,7 @@ from orchestrator.data.model import Params
 from orchestrator.runtimes.base import Runtime
 from orchestrator.training.schedule import Schedule
 from paramstore.checkpoint import Checkpoints
+from paramstore.run import ScaleRequest
 
 log = logging.getLogger(__name__)
 
@@ -238,7 +239,7 @@ class Driver:
                     entry, self._pending_record = self._pending_record, None
                     entry["pause_s"] = round(time.monotonic() - entry.pop("t0"), 3)
                     entry["to"] = self.topo.shards[entry["layer"] - 1]
-                    rescale.record(self.checkpoints, entry)
+                    self.checkpoints.record.add_rescale(entry)
                     log.warning("layer %d now has %d neurons; training paused %.2f s",
                                 entry["layer"], entry["to"], entry["pause_s"])
                 params, accuracy = self.train(train, test, schedule, version)
@@ -260,15 +261,15 @@ class Driver:
                            sum(n for step, n in self._sent.items() if step >= start), time.monotonic() - t0,
                            dict(self.epoch_accuracy), recoveries=self.recoveries)
 
-    def _rescale(self, request: dict, version: int, generation: int) -> None:
+    def _rescale(self, request: ScaleRequest, version: int, generation: int) -> None:
         """Switch to the requested split; the next start_generation has every actor adopt it."""
         t0 = time.monotonic()
         runtime = self.runtime
-        new = rescale.resolve(self.checkpoints, self.topo, request,
+        new = rescale.resolve(self.checkpoints.record, self.topo, request,
                               can_replace=runtime is not None and runtime.can_replace)
         if new is None or runtime is None:
             return
-        old, layer = self.topo, request["layer"]
+        old, layer = self.topo, request.layer
         gone = [old.queue(layer, i) for i in range(new.shards[layer - 1], old.shards[layer - 1])]
         self._declare([new.queue(layer, i) for i in range(old.shards[layer - 1], new.shards[layer - 1])])
         self._set_topology(new)
@@ -276,8 +277,8 @@ class Driver:
         runtime.replace_layer(new, layer)
         for queue in gone:
             self.broker.delete(queue)
-        rescale.clear(self.checkpoints.store, new.run_id)
-        self._pending_record = {**request, "from": old.shards[layer - 1], "version": version,
+        self.checkpoints.record.clear_scale_request()
+        self._pending_record = {**request.to_json(), "from": old.shards[layer - 1], "version": version,
                                 "generation": generation, "t0": t0}
         log.warning("rescaling layer %d from %d to %d neurons at checkpoint %d", layer,
                     old.shards[layer - 1], new.shards[layer - 1], version)
@@ -306,7 +307,7 @@ class Driver:
             self._commit_ready(info)
             if self._look_for_rescale:  # only at a checkpoint: the new split starts from it
                 self._look_for_rescale = False
-                request = rescale.pending(self.checkpoints.store, self.topo.run_id)
+                request = self.checkpoints.record.scale_request()
                 if request is not None:
                     raise RescaleRequested(request)
             if schedule.epoch_of(step) != epoch:

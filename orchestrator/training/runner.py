@@ -8,6 +8,7 @@ from typing import Callable
 
 from broker import connect
 from broker.base import Broker
+from neuron.topology import Topology
 from orchestrator.config import Config
 from orchestrator.data.mnist import Dataset
 from orchestrator.training.driver import Driver, DriverOptions, TrainResult
@@ -19,6 +20,7 @@ from orchestrator.training.schedule import Schedule
 from paramstore import open_store, redact_url
 from paramstore.base import Store
 from paramstore.checkpoint import Checkpoints
+from paramstore.run import Manifest
 
 
 def new_run_id() -> str:
@@ -32,15 +34,15 @@ def make_schedule(config: Config, samples: int, max_steps: int | None) -> Schedu
     return Schedule(samples, tr.batch_size, tr.epochs, tr.seed, tr.shuffle, max_steps)
 
 
-def _check_resumable(manifest: dict, topo, schedule: Schedule) -> None:
-    stored = manifest.get("topology", {})
+def _check_resumable(manifest: Manifest, topo: Topology, schedule: Schedule) -> None:
+    stored = manifest.topology or {}
     if tuple(stored.get("sizes", ())) != topo.sizes:
         raise TrainingError(f"run {topo.run_id} has layer sizes {stored.get('sizes')}, the config says {list(topo.sizes)}")
     for key in ("optimizer", "dtype", "activation", "batch_size", "learning_rate", "lr_decay", "momentum",
                 "weight_decay"):
         if stored.get(key) != getattr(topo, key):
             raise TrainingError(f"run {topo.run_id} was trained with {key}={stored.get(key)!r}, the config says {getattr(topo, key)!r}")
-    was = manifest.get("schedule", {})
+    was = manifest.schedule or {}
     for key in ("samples", "batch_size", "seed", "shuffle"):
         if was.get(key) != getattr(schedule, key):
             raise TrainingError(f"run {topo.run_id} was trained with {key}={was.get(key)!r}; resuming needs the same")
@@ -84,10 +86,10 @@ def train_run(
         driver.declare()
         if resume:
             manifest = checkpoints.manifest()
-            if manifest is None or manifest.get("latest") is None:
+            if manifest is None or manifest.latest is None:
                 raise TrainingError(f"nothing to resume: run {run_id!r} has no committed checkpoint in {redact_url(config.paramstore)}")
             _check_resumable(manifest, topo, schedule)
-            version, generation = int(manifest["latest"]), int(manifest.get("generation", 0)) + 1
+            version, generation = manifest.latest, (manifest.generation or 0) + 1
             if version >= schedule.total_steps:
                 raise TrainingError(f"run {run_id!r} is already at step {version} of {schedule.total_steps}")
         else:

@@ -18,6 +18,7 @@ from orchestrator.config import load_config
 from orchestrator.training.runner import train_run
 from paramstore import open_store
 from paramstore.checkpoint import Checkpoints
+from paramstore.run import RunRecord
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.integration
@@ -55,7 +56,7 @@ def test_processes_over_amqp_redis_match_embedded_memory_bitwise(small_mnist, re
             store = open_store(redis_url)
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline and len(seen) < len(group.roles):
-                seen.update(Checkpoints(store, run_id).heartbeats())
+                seen.update(RunRecord(store, run_id).heartbeats())
                 time.sleep(0.2)
             store.close()
         threading.Thread(target=beats, daemon=True).start()
@@ -78,7 +79,7 @@ def test_status_shows_the_neurons_of_a_running_run(small_mnist, amqp_url, redis_
     def poll(group):
         def loop():
             store = open_store(redis_url)
-            while not any((b.get("step") or 0) > 0 for b in Checkpoints(store, run_id).heartbeats().values()):
+            while not any((b.get("step") or 0) > 0 for b in RunRecord(store, run_id).heartbeats().values()):
                 time.sleep(0.05)
             store.close()
             main(["status", "--store", redis_url, "--broker", amqp_url, "--run-id", run_id])
@@ -245,7 +246,7 @@ def test_external_neurons_restarted_by_their_own_policy_recover_bitwise(small_mn
         store = open_store(redis_url)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            beat = Checkpoints(store, run_id).heartbeats().get("L2.1", {})
+            beat = RunRecord(store, run_id).heartbeats().get("L2.1", {})
             if (beat.get("step") or 0) > 0:
                 os.kill(group.pids()["L2.1"], signal.SIGKILL)
                 killed.append("L2.1")
