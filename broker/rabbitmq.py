@@ -20,7 +20,8 @@ import pika
 import pika.exceptions as pex
 
 from broker.base import Broker, Delivery
-from broker.errors import BrokerClosed, BrokerError, BrokerUnavailable, QueueNotDeclared, redact_url
+from broker.errors import BrokerClosed, BrokerError, BrokerUnavailable, QueueNotDeclared
+from broker.schemes import redact_url
 
 log = logging.getLogger(__name__)
 

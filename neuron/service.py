@@ -23,7 +23,8 @@ from threadpoolctl import threadpool_limits
 
 from broker import connect
 from broker.base import Broker
-from broker.errors import BrokerError, redact_url
+from broker.errors import BrokerError
+from broker.schemes import redact_url
 from neuron.actor import Actor
 from neuron.dense import DenseNeuron
 from neuron.errors import NeuronError
@@ -35,7 +36,6 @@ from paramstore import open_store
 from paramstore.checkpoint import Checkpoints
 from paramstore.errors import StoreError
 from paramstore.run import RunRecord
-from paramstore.errors import redact_url as redact_store_url
 
 log = logging.getLogger("neuron")
 
@@ -168,7 +168,7 @@ def serve(run_id: str, role: Role, broker_url: str, store_url: str, *, wait: flo
           heartbeat: float = 1.0, stop: threading.Event | None = None) -> int:
     """Connect, build the actor, announce it and handle messages until a stop; returns the exit status."""
     deadline = time.monotonic() + wait
-    store = _retry(f"the store at {redact_store_url(store_url)}", lambda: open_store(store_url), deadline, (StoreError,))
+    store = _retry(f"the store at {redact_url(store_url)}", lambda: open_store(store_url), deadline, (StoreError,))
     broker = None
     try:
         broker = _retry(f"the broker at {redact_url(broker_url)}", lambda: connect(broker_url), deadline, (BrokerError,))

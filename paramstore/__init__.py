@@ -1,14 +1,14 @@
-"""Parameter store: checkpoints of neuron weight slices in a key-value store chosen by URL scheme.
+"""Parameter store: a key-value store chosen by URL scheme, holding each run's record and checkpoints.
 
-memory:// (in-process), file:///abs/dir or file://rel/dir (local directory), and later redis(s)://
-and dynamodb://; a backend module is imported only when its scheme is opened.
+memory:// (in-process), file:///abs/dir or file://rel/dir (a local directory), redis(s):// and
+dynamodb://TABLE?region=R; a backend module is imported only when its scheme is opened. run.py keeps a
+run's manifest, heartbeats and scale requests; checkpoint.py its weight slices.
 """
 from __future__ import annotations
 
-import importlib
 from types import MappingProxyType
-from urllib.parse import urlsplit
 
+from broker.schemes import Backend, SchemeErrors, load_backend, redact_url
 from paramstore.base import Store
 from paramstore.checkpoint import Checkpoints
 from paramstore.errors import (
@@ -20,43 +20,33 @@ from paramstore.errors import (
     StoreError,
     StoreUnavailable,
     UnknownScheme,
-    redact_url,
 )
 
 # scheme -> (module, class, pip extra or None); imported only when used
 BACKENDS = MappingProxyType({
-    "memory": ("paramstore.memory", "MemoryStore", None),
-    "file": ("paramstore.file", "FileStore", None),
-    "redis": ("paramstore.redis", "RedisStore", "redis"),
-    "rediss": ("paramstore.redis", "RedisStore", "redis"),
-    "dynamodb": ("paramstore.dynamodb", "DynamoStore", "aws"),
+    "memory": Backend("paramstore.memory", "MemoryStore", None),
+    "file": Backend("paramstore.file", "FileStore", None),
+    "redis": Backend("paramstore.redis", "RedisStore", "redis"),
+    "rediss": Backend("paramstore.redis", "RedisStore", "redis"),
+    "dynamodb": Backend("paramstore.dynamodb", "DynamoStore", "aws"),
 })
 
 # pip extra -> the top-level driver packages it installs
 EXTRA_PACKAGES = MappingProxyType({"redis": ("redis",), "aws": ("boto3", "botocore")})
 
 
+_ERRORS = SchemeErrors(
+    unknown=lambda url: UnknownScheme(url, BACKENDS),
+    not_included=lambda scheme: StoreError(f"the {scheme}:// store is not part of this version of cuttlefish"),
+    missing_extra=MissingExtra,
+)
+
+
 def open_store(url: str) -> Store:
     """Open the store backend that `url`'s scheme names (every call gives a new, independent instance)."""
     if not isinstance(url, str):
         raise TypeError(f"a store URL is a str, not {type(url).__name__}")
-    try:
-        scheme = urlsplit(url).scheme
-    except ValueError as exc:
-        raise UnknownScheme(url, BACKENDS) from exc
-    if scheme not in BACKENDS:
-        raise UnknownScheme(url, BACKENDS)
-    module, cls, extra = BACKENDS[scheme]
-    try:
-        mod = importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name == module:
-            raise StoreError(f"the {scheme}:// store is not part of this version of cuttlefish") from exc
-        top = (exc.name or "").partition(".")[0]
-        if extra is None or top not in EXTRA_PACKAGES[extra]:
-            raise
-        raise MissingExtra(scheme, top, extra) from exc
-    return getattr(mod, cls)(url)
+    return load_backend(url, BACKENDS, EXTRA_PACKAGES, _ERRORS)(url)
 
 
 __all__ = [

@@ -18,7 +18,8 @@ import botocore.config
 import botocore.exceptions as bex
 
 from paramstore.base import Store
-from paramstore.errors import StoreError, StoreUnavailable, redact_url
+from paramstore.errors import StoreError, StoreUnavailable
+from broker.schemes import redact_url
 
 PART_BYTES = 350 * 1024  # below the 400 KB item limit with room for the key and attributes
 TRANSACT_ITEMS, TRANSACT_BYTES = 100, 3 * 1024 * 1024

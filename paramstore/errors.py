@@ -1,31 +1,9 @@
 """The paramstore package's error tree; driver exceptions are translated into these at the edge."""
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
-from urllib.parse import urlsplit
 
-# Query parameters whose values are credentials, e.g. ?password=..., ?aws_secret_access_key=...
-_SECRET_PARAM = re.compile(r"([?&;][^=&#;]*(?:pass|pwd|secret|token)[^=&#;]*=)[^&#;]*", re.IGNORECASE)
-
-
-def redact_url(url: str) -> str:
-    """`url` with any password (userinfo or credential query parameter) replaced by '***', safe to log."""
-    try:
-        urlsplit(url)
-    except ValueError:
-        # An unparseable URL may hide a password anywhere, so show none of it.
-        return "<unparseable url>"
-    head, sep, rest = url.partition("//")
-    if sep:
-        # The userinfo runs to the last '@' before the query: a password may itself hold '/', '@' or ':',
-        # which urlsplit would cut into host or path and so leave partly visible.
-        end = min([i for i in (rest.find("?"), rest.find("#")) if i >= 0], default=len(rest))
-        userinfo, at, hostpart = rest[:end].rpartition("@")
-        user, colon, password = userinfo.partition(":")
-        if at and colon and password:
-            url = f"{head}//{user}:***@{hostpart}{rest[end:]}"
-    return _SECRET_PARAM.sub(r"\1***", url)
+from broker.schemes import redact_url
 
 
 class StoreError(Exception):

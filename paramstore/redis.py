@@ -12,7 +12,8 @@ import redis
 import redis.exceptions as rex
 
 from paramstore.base import Store
-from paramstore.errors import StoreError, StoreUnavailable, redact_url
+from paramstore.errors import StoreError, StoreUnavailable
+from broker.schemes import redact_url
 
 SOCKET_READ_SIZE = 1 << 20
 _SCAN_COUNT = 1000

@@ -9,7 +9,8 @@ import sys
 from urllib.parse import urlsplit
 
 from broker import BACKENDS as BROKERS
-from broker.errors import BrokerError, redact_url
+from broker.errors import BrokerError
+from broker.schemes import redact_url
 from neuron.errors import NeuronError
 from orchestrator.config import Config
 from orchestrator.data.mnist import load_images, load_mnist, to_inputs
@@ -29,7 +30,6 @@ from paramstore import BACKENDS as STORES
 from paramstore import open_store
 from paramstore.checkpoint import Checkpoints
 from paramstore.run import Manifest
-from paramstore.errors import redact_url as redact_store_url
 from paramstore.errors import StoreError
 
 EXIT_USAGE = 2
@@ -134,7 +134,7 @@ def _check_train_args(args: argparse.Namespace, config: Config) -> None:
             raise ConfigError(flag, f"folder of {path} does not exist")
     for key, url, known in (("broker", config.broker, BROKERS), ("paramstore", config.paramstore, STORES)):
         if urlsplit(url).scheme not in known:
-            shown = redact_url(url) if key == "broker" else redact_store_url(url)
+            shown = redact_url(url)
             raise ConfigError(key, f"unknown URL scheme in {shown!r}; known: {', '.join(s + '://' for s in known)}")
         if args.target != "embedded" and urlsplit(url).scheme == "memory":
             raise ConfigError(key, f"--target {args.target} runs a process per neuron, which cannot share a memory:// "

@@ -17,7 +17,8 @@ from orchestrator.runtimes import TARGETS, Runtime, Services, runtime_for
 from orchestrator.data.model import Params, init_params
 from orchestrator.config.plan import build_plan
 from orchestrator.training.schedule import Schedule
-from paramstore import open_store, redact_url
+from broker.schemes import redact_url
+from paramstore import open_store
 from paramstore.base import Store
 from paramstore.checkpoint import Checkpoints
 from paramstore.run import Manifest

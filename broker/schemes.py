@@ -1,0 +1,79 @@
+"""URLs that name backends: redacting their secrets, and loading the backend a scheme names from a table.
+
+Shared by broker/ and paramstore/. It lives here because broker/ is the lower of the two (a transport
+with no domain knowledge, used by everything above it); paramstore/ imports it, and broker/ imports nothing
+of paramstore/. It imports only the standard library.
+"""
+from __future__ import annotations
+
+import importlib
+import re
+from collections.abc import Callable, Mapping
+from typing import NamedTuple
+from urllib.parse import urlsplit
+
+# Query parameters whose values are credentials, e.g. ?password=..., ?aws_secret_access_key=...
+_SECRET_PARAM = re.compile(r"([?&;][^=&#;]*(?:pass|pwd|secret|token)[^=&#;]*=)[^&#;]*", re.IGNORECASE)
+
+
+def redact_url(url: str) -> str:
+    """`url` with any password (userinfo or credential query parameter) replaced by '***', safe to log."""
+    try:
+        urlsplit(url)
+    except ValueError:
+        # An unparseable URL may hide a password anywhere, so show none of it.
+        return "<unparseable url>"
+    head, sep, rest = url.partition("//")
+    if sep:
+        # The userinfo runs to the last '@' before the query: a password may itself hold '/', '@' or ':',
+        # which urlsplit would cut into host or path and so leave partly visible.
+        end = min([i for i in (rest.find("?"), rest.find("#")) if i >= 0], default=len(rest))
+        userinfo, at, hostpart = rest[:end].rpartition("@")
+        user, colon, password = userinfo.partition(":")
+        if at and colon and password:
+            url = f"{head}//{user}:***@{hostpart}{rest[end:]}"
+    return _SECRET_PARAM.sub(r"\1***", url)
+
+
+class Backend(NamedTuple):
+    """Where the backend of one scheme lives, and the pip extra that installs its driver (None: no driver)."""
+
+    module: str
+    cls: str
+    extra: str | None
+
+
+class SchemeErrors(NamedTuple):
+    """How a package reports what load_backend finds wrong, in its own error types."""
+
+    unknown: Callable[[str], Exception]  # (url): the scheme names no backend
+    not_included: Callable[[str], Exception]  # (scheme): the table names a module this version lacks
+    missing_extra: Callable[[str, str, str], Exception]  # (scheme, package, extra): the driver is not installed
+
+
+def scheme_of(url: str) -> str:
+    """The scheme of `url`, or "" if it cannot be parsed."""
+    try:
+        return urlsplit(url).scheme
+    except ValueError:
+        return ""
+
+
+def load_backend(url: str, backends: Mapping[str, Backend], extra_packages: Mapping[str, tuple[str, ...]],
+                 errors: SchemeErrors) -> type:
+    """The backend class that `url`'s scheme names in `backends`, its module imported only now."""
+    scheme = scheme_of(url)
+    if scheme not in backends:
+        raise errors.unknown(url)
+    module, cls, extra = backends[scheme]
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name == module:
+            raise errors.not_included(scheme) from exc
+        top = (exc.name or "").partition(".")[0]
+        if extra is None or top not in extra_packages[extra]:
+            raise  # a missing module that is not the driver: not an extra to install
+        raise errors.missing_extra(scheme, top, extra) from exc
+    backend: type = getattr(mod, cls)
+    return backend
