@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-ACTIVATIONS = ("relu", "tanh", "sigmoid", "linear")
+# what the hidden layers may use (the first is the default); the output layer is "linear" into the softmax
+HIDDEN_ACTIVATIONS = ("relu", "tanh", "sigmoid")
 
 
 def activate(z: np.ndarray, name: str) -> np.ndarray:

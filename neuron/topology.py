@@ -10,6 +10,8 @@ from functools import cached_property
 import numpy as np
 
 from neuron import codec, protocol
+from neuron.kernels import HIDDEN_ACTIVATIONS
+from neuron.optim import OPTIMIZERS
 from neuron.role import HEAD, HEAD_LAYER, MAX_LAYER, Role
 
 RUN_ID = re.compile(r"^(?!\.\.?$)[A-Za-z0-9_.-]{1,64}$")  # "." and ".." would name folders of a file store
@@ -58,6 +60,8 @@ class Topology:
             raise ValueError(f"run id {self.run_id!r} must match {RUN_ID.pattern}")
         if not 1 <= len(self.sizes) - 1 <= MAX_LAYER:
             raise ValueError(f"a network has 1-{MAX_LAYER} layers after the input, not {len(self.sizes) - 1}")
+        if self.activation not in HIDDEN_ACTIVATIONS or self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown activation {self.activation!r} or optimizer {self.optimizer!r}")
         if len(self.shards) != len(self.sizes) - 1:
             raise ValueError("one shard count per layer after the input is needed")
         for layer, (units, parts) in enumerate(zip(self.sizes[1:], self.shards), start=1):

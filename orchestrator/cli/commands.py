@@ -12,6 +12,7 @@ from broker import BACKENDS as BROKERS
 from broker.errors import BrokerError
 from broker.schemes import redact_url
 from neuron.errors import NeuronError
+from neuron.kernels import HIDDEN_ACTIVATIONS
 from orchestrator.config import Config
 from orchestrator.data.mnist import load_images, load_mnist, to_inputs
 from orchestrator.training.driver import DriverOptions
@@ -106,7 +107,8 @@ def _parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("predict", help="print the digit of each image")
     pr.add_argument("--model", required=True)
-    pr.add_argument("--activation", default="relu", choices=("relu", "tanh", "sigmoid"))
+    pr.add_argument("--activation", default=HIDDEN_ACTIVATIONS[0], choices=HIDDEN_ACTIVATIONS,
+                    help="the hidden layers' activation the model was trained with")
     pr.add_argument("inputs", nargs="+", help=".npy arrays of images or PNG files")
     return p
 

@@ -1,5 +1,6 @@
 """The YAML config: parsing and validation into frozen dataclasses, and the plan it splits into."""
-from orchestrator.config.loader import (
+from orchestrator.config.loader import config_from_mapping, load_config, parse_config
+from orchestrator.config.schema import (
     ACTIVATIONS,
     DTYPES,
     OPTIMIZERS,
@@ -8,9 +9,6 @@ from orchestrator.config.loader import (
     EcsConfig,
     NetworkConfig,
     TrainingConfig,
-    config_from_mapping,
-    load_config,
-    parse_config,
 )
 
 __all__ = [
