@@ -1,1 +1,1 @@
-"""Compose deployment (rendering a plan into a docker-compose file, images): not implemented yet."""
+"""Compose deployment: rendering a plan into a docker-compose file (render.py), the images and their build scripts."""

@@ -1,4 +1,4 @@
-"""The command line: `python -m orchestrator plan|train|evaluate|predict`."""
+"""The command line `python -m orchestrator`: train, plan, evaluate, predict (the rest in operations.py)."""
 from __future__ import annotations
 
 import argparse

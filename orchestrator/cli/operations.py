@@ -1,11 +1,13 @@
-"""The operating commands of the CLI: deploy and teardown (compose, ECS), status and scale of a running run."""
+"""The operating commands of the CLI: deploy and teardown (compose, ECS), status and scale of a running run.
+
+They parse the command line and print; what they do to a deployment is in orchestrator/deploy/.
+"""
 from __future__ import annotations
 
 import argparse
 import contextlib
 import json
 import os
-import subprocess
 import sys
 import time
 from urllib.parse import urlsplit
@@ -14,6 +16,7 @@ from broker import connect as connect_broker
 from compose import render as compose_render
 from neuron.topology import RUN_ID, Topology
 
+from orchestrator.deploy import compose
 from orchestrator.deploy.aws import EcsDeployer
 from orchestrator.config import Config, load_config
 from orchestrator.deploy.ecs import ecs_plan
@@ -81,27 +84,9 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     return 0
 
 
-def _compose_store_url(compose_file: str) -> str:
-    """The Redis of a running compose project, as this host reaches it (its loopback port and the password)."""
-    done = subprocess.run(["docker", "compose", "-f", compose_file, "port", "redis", "6379"],
-                          capture_output=True, text=True)
-    address = done.stdout.strip().splitlines()[-1] if done.returncode == 0 and done.stdout.strip() else ""
-    if not address:
-        raise OrchestratorError(f"no running Redis in the compose project of {compose_file}: {done.stderr.strip()[-300:]}")
-    password = os.environ.get("CUTTLEFISH_PASSWORD")
-    env_file = os.path.join(os.path.dirname(os.path.abspath(compose_file)), ".env")
-    if password is None and os.path.exists(env_file):
-        with open(env_file, encoding="utf-8") as fh:
-            found = [line.split("=", 1)[1].strip() for line in fh if line.startswith("CUTTLEFISH_PASSWORD=")]
-        password = found[-1] if found else None
-    if not password:
-        raise ConfigError("CUTTLEFISH_PASSWORD", "is needed to reach the compose project's Redis (environment or .env)")
-    return f"redis://:{password}@{address}/0"
-
-
 def cmd_scale(args: argparse.Namespace) -> int:
     """Ask the run's driver to split a layer differently and wait until it has."""
-    store_url = args.store or (_compose_store_url(args.compose_file) if args.target == "compose" else None)
+    store_url = args.store or (compose.store_url(args.compose_file) if args.target == "compose" else None)
     store_url = store_url or (load_config(args.config).paramstore if args.config else None)
     if not store_url or urlsplit(store_url).scheme == "memory":
         raise ConfigError("--store", "scale talks to the run's driver through a shared store: give --store or a config")
@@ -126,7 +111,7 @@ def cmd_scale(args: argparse.Namespace) -> int:
             while time.monotonic() < deadline:  # the driver switched the split: start the new set
                 current = Topology.from_dict(dict((record.manifest() or manifest).topology or {}))
                 if current.shards[args.layer - 1] == args.shards:
-                    _apply_compose_layer(args, current)
+                    compose.apply_layer(args.compose_file, args.config, current, args.layer)
                     break
                 time.sleep(0.2)
         while time.monotonic() < deadline:
@@ -140,22 +125,6 @@ def cmd_scale(args: argparse.Namespace) -> int:
                 return 0
             time.sleep(0.2)
     raise OrchestratorError(f"the driver did not carry out the rescale within {args.wait:.0f} s (is it running?)")
-
-
-def _apply_compose_layer(args: argparse.Namespace, topo: Topology) -> None:
-    """Rewrite the compose file for `topo`'s split and bring that layer's services in line; others untouched."""
-    config = load_config(args.config)
-    folder = os.path.dirname(os.path.abspath(args.compose_file))
-    document, text = compose_render.compose_file(topo, config.deploy, args.config, folder)
-    with open(args.compose_file, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    layer = [role.compose_service for role in topo.neurons() if role.layer == args.layer]
-    compose = ["docker", "compose", "-f", args.compose_file]
-    # --remove-orphans drops the services of neurons the new split no longer has
-    done = subprocess.run([*compose, "up", "-d", "--no-deps", "--remove-orphans", *layer],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        raise OrchestratorError(f"docker compose up of layer {args.layer} failed: {done.stderr.strip()[-500:]}")
 
 
 def cmd_teardown(args: argparse.Namespace) -> int:

@@ -14,7 +14,7 @@ from neuron.errors import CodecError
 from neuron.optim import state_names
 from neuron.role import HEAD
 from neuron.topology import Topology, micro_sizes
-from orchestrator.data.mnist import Dataset, to_inputs
+from orchestrator.data.mnist import Dataset, batch_slices, to_inputs
 from orchestrator.training import rescale
 from orchestrator.errors import NeuronLost, TrainingError
 from orchestrator.training.rescale import RescaleRequested
@@ -360,13 +360,12 @@ class Driver:
         """Accuracy on `test` of the weights at `version`, computed through the neurons."""
         x = to_inputs(test.images, self.topo.dtype)
         first = self.topo.layer_queues(1)
-        spans, chunk = [], self.topo.max_rows
+        spans = batch_slices(x.shape[0], self.topo.max_rows)
         self._preds.clear()
-        for micro, start in enumerate(range(0, x.shape[0], chunk)):
-            spans.append((start, min(start + chunk, x.shape[0])))
-            self._expected_preds[micro] = spans[-1][1] - start
+        for micro, (a, b) in enumerate(spans):
+            self._expected_preds[micro] = b - a
             body = codec.encode(protocol.ACT, self.topo.run_tag, self.generation, version, micro=micro,
-                                flags=protocol.EVAL, array=x[start:start + chunk])
+                                flags=protocol.EVAL, array=x[a:b])
             self.broker.publish_many(first, body)
         self._wait(lambda: len(self._preds) == len(spans), f"predictions of checkpoint {version}")
         correct = sum(int((self._preds[m] == test.labels[a:b]).sum()) for m, (a, b) in enumerate(spans))

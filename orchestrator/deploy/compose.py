@@ -1,0 +1,46 @@
+"""A running docker-compose project: how this host reaches its Redis, and re-splitting one layer's services.
+
+Rendering the compose file itself is compose/render.py's.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+
+from compose import render
+from neuron.topology import Topology
+from orchestrator.config import load_config
+from orchestrator.errors import ConfigError, OrchestratorError
+
+
+def store_url(compose_file: str) -> str:
+    """The Redis of a running compose project, as this host reaches it (its loopback port and the password)."""
+    done = subprocess.run(["docker", "compose", "-f", compose_file, "port", "redis", "6379"],
+                          capture_output=True, text=True)
+    address = done.stdout.strip().splitlines()[-1] if done.returncode == 0 and done.stdout.strip() else ""
+    if not address:
+        raise OrchestratorError(f"no running Redis in the compose project of {compose_file}: {done.stderr.strip()[-300:]}")
+    password = os.environ.get("CUTTLEFISH_PASSWORD")
+    env_file = os.path.join(os.path.dirname(os.path.abspath(compose_file)), ".env")
+    if password is None and os.path.exists(env_file):
+        with open(env_file, encoding="utf-8") as fh:
+            found = [line.split("=", 1)[1].strip() for line in fh if line.startswith("CUTTLEFISH_PASSWORD=")]
+        password = found[-1] if found else None
+    if not password:
+        raise ConfigError("CUTTLEFISH_PASSWORD", "is needed to reach the compose project's Redis (environment or .env)")
+    return f"redis://:{password}@{address}/0"
+
+
+def apply_layer(compose_file: str, config_file: str, topo: Topology, layer: int) -> None:
+    """Rewrite the compose file for `topo`'s split and bring `layer`'s services in line; others untouched."""
+    config = load_config(config_file)
+    folder = os.path.dirname(os.path.abspath(compose_file))
+    _, text = render.compose_file(topo, config.deploy, config_file, folder)
+    with open(compose_file, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    services = [role.compose_service for role in topo.neurons() if role.layer == layer]
+    # --remove-orphans drops the services of neurons the new split no longer has
+    done = subprocess.run(["docker", "compose", "-f", compose_file, "up", "-d", "--no-deps", "--remove-orphans",
+                           *services], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise OrchestratorError(f"docker compose up of layer {layer} failed: {done.stderr.strip()[-500:]}")
