@@ -45,7 +45,7 @@ def broker_throughput(url: str, size: int, repeat: int) -> dict:
         body = os.urandom(size)
         done = threading.Event()
 
-        def consume() -> None:
+        def consume(sub=sub, queue=queue, done=done) -> None:  # this round's, not a later one's
             for _ in range(count):
                 d = sub.get(queue, timeout=60)
                 if d is None:

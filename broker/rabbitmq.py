@@ -14,6 +14,7 @@ import threading
 import time
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FuturesTimeout
+from typing import Any, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import pika
@@ -67,9 +68,10 @@ class RabbitBroker(Broker):
         self._declared: dict[str, str | None] = {}
         self._exchange: dict[str, str] = {}
         self._consuming: set[str] = set()
-        self._conn = None
-        self._channel = None
-        self._decl_channel = None
+        # pika's objects, owned by the I/O thread (pika ships no type hints)
+        self._conn: Any = None
+        self._channel: Any = None
+        self._decl_channel: Any = None
         self._epoch = 0
         self._error: BrokerError | None = None
         self._closed = False
@@ -193,7 +195,7 @@ class RabbitBroker(Broker):
             raise self._error
         if not self._thread.is_alive():
             raise BrokerUnavailable(self.url, "the connection's I/O thread has stopped")
-        future = Future() if wait else None
+        future: Future | None = Future() if wait else None
         with self._wake_lock:
             self._ops.append((fn, future))
             # one wake-up per batch: a wake-up still pending will run this operation too
@@ -308,7 +310,7 @@ class RabbitBroker(Broker):
             # taken before a reconnect: the broker delivers it again on the new connection
 
     def _settle(self, delivery: Delivery, fn) -> None:
-        epoch, tag = delivery.tag
+        epoch, tag = cast("tuple[int, int]", delivery.tag)  # (connection epoch, delivery tag), set on arrival
         self._submit(lambda: fn(tag) if epoch == self._epoch else None, wait=False)
 
     def ack(self, delivery: Delivery) -> None:

@@ -149,7 +149,7 @@ class Actor(ABC):
         self.on_topology()
         self.stats["rescaled"] += 1
 
-    def on_topology(self) -> None:
+    def on_topology(self) -> None:  # noqa: B027 - a hook: actors with nothing split-dependent keep this
         """Recompute what depends on the split of the layers (after adopt)."""
 
     def forget_before(self, step: int) -> None:
@@ -159,7 +159,8 @@ class Actor(ABC):
     def send(self, queues: list[str], kind: int, step: int, *, micro: int = 0, nmicro: int = 0, flags: int = 0,
              array: np.ndarray | None = None) -> None:
         """Encode one array message once and publish it to every queue of `queues`."""
-        body = codec.encode(kind, self.topo.run_tag, self.generation, step, micro=micro, nmicro=nmicro,
+        generation = self.generation if self.generation is not None else 0  # sends follow a start
+        body = codec.encode(kind, self.topo.run_tag, generation, step, micro=micro, nmicro=nmicro,
                             source=self.role, flags=flags, array=array)
         self.broker.publish_many(queues, body)
         self.stats["out"] += len(queues)

@@ -30,7 +30,7 @@ __all__ = [
 MAGIC = b"CF"
 VERSION = 2  # 2: the loss head is source layer HEAD_LAYER, not depth + 1
 
-DTYPES = {1: np.dtype("<f4"), 2: np.dtype("<f8"), 3: np.dtype("<i4"), 4: np.dtype("<i8"), 5: np.dtype("u1")}
+DTYPES: dict[int, np.dtype] = {1: np.dtype("<f4"), 2: np.dtype("<f8"), 3: np.dtype("<i4"), 4: np.dtype("<i8"), 5: np.dtype("u1")}
 DTYPE_CODES = {dt: code for code, dt in DTYPES.items()}
 JSON_DTYPE = 0
 
@@ -56,6 +56,13 @@ class Message:
     flags: int = 0
     array: np.ndarray | None = None
     data: dict | None = None
+
+    @property
+    def values(self) -> np.ndarray:
+        """The array of a data message (decode gives every kind but CONTROL and REPORT one)."""
+        if self.array is None:
+            raise UnexpectedMessage(f"a {KINDS.get(self.kind, self.kind)} message without an array")
+        return self.array
 
     @property
     def source(self) -> Role:

@@ -61,7 +61,7 @@ class DenseNeuron(Actor):
 
     def on_data(self, msg: codec.Message) -> None:
         """Buffer an activation or gradient part after checking it agrees with its siblings."""
-        rows = msg.array.shape[0]
+        rows = msg.values.shape[0]
         if msg.kind == protocol.ACT:
             evaluating = msg.flags & protocol.EVAL
             if not evaluating:
@@ -77,7 +77,7 @@ class DenseNeuron(Actor):
             raise ProtocolError(f"a neuron takes no {protocol.KINDS[msg.kind]} messages")
         if parts and next(iter(parts.values())).shape[0] != rows:
             raise ProtocolError(f"{protocol.KINDS[msg.kind]} part of {rows} rows disagrees with its siblings")
-        parts[msg.src_index] = msg.array
+        parts[msg.src_index] = msg.values
 
     def _check_step_meta(self, msg: codec.Message) -> None:
         meta = (msg.nmicro, msg.flags & protocol.CHECKPOINT)
@@ -96,8 +96,8 @@ class DenseNeuron(Actor):
                 self._forward(key, self._fwd.pop(key))
             ready_bwd = sorted(k for k, p in self._bwd.items()
                                if k[0] == self.step and len(p) == n_next and k[1] in self._saved)
-            for key in ready_bwd:
-                self._backward(key[1], self._bwd.pop(key))
+            for step_micro in ready_bwd:
+                self._backward(step_micro[1], self._bwd.pop(step_micro))
             nmicro = self._meta.get(self.step, (0, 0))[0]
             if nmicro and len(self._grads) == nmicro:
                 self._update(nmicro)

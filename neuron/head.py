@@ -37,20 +37,20 @@ class LossHead(Actor):
     def on_data(self, msg: codec.Message) -> None:
         """Buffer a logits part or a step's labels."""
         if msg.kind == protocol.LABELS:
-            labels = msg.array
+            labels = msg.values
             if not 1 <= msg.nmicro <= self.topo.micro_batches or labels.shape[0] < msg.nmicro:
                 raise ProtocolError(f"{labels.shape[0]} labels cannot make {msg.nmicro} micro-batches")
             if labels.min() < 0 or labels.max() >= self.topo.sizes[-1]:
                 raise ProtocolError(f"labels outside 0..{self.topo.sizes[-1] - 1}")
-            offsets = np.cumsum((0, *micro_sizes(labels.shape[0], msg.nmicro)))
+            offsets = np.cumsum(np.array((0, *micro_sizes(labels.shape[0], msg.nmicro))))
             self._labels[msg.step] = (labels.astype(np.int64), tuple(int(o) for o in offsets))
             return
         if msg.kind != protocol.ACT:
             raise ProtocolError(f"the loss head takes no {protocol.KINDS[msg.kind]} messages")
         parts = self._logits.setdefault((msg.flags & protocol.EVAL, msg.step, msg.micro), {})
-        if parts and next(iter(parts.values())).shape[0] != msg.array.shape[0]:
+        if parts and next(iter(parts.values())).shape[0] != msg.values.shape[0]:
             raise ProtocolError("logits parts disagree in rows")
-        parts[msg.src_index] = msg.array
+        parts[msg.src_index] = msg.values
 
     def progress(self) -> None:
         """Score every micro-batch whose logits (and, in training, labels) are complete."""

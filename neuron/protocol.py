@@ -29,7 +29,7 @@ says "hello" when it comes up, and "failed" when it cannot go on.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Mapping, NamedTuple, Union
+from typing import TYPE_CHECKING, Mapping, NamedTuple, TypeGuard, Union
 
 from neuron.errors import ProtocolError
 from neuron.role import HEAD, Role
@@ -145,7 +145,7 @@ def parse_control(data: Mapping) -> Start | Stop:
     if op not in (START, STOP):
         raise ProtocolError(f"unknown control operation {op!r}")
     generation, version = data.get("generation"), data.get("version", 0)
-    if not (_bounded(generation, MAX_GENERATION) and _bounded(version, MAX_STEP)):
+    if not _bounded(generation, MAX_GENERATION) or not _bounded(version, MAX_STEP):
         raise ProtocolError(f"{op} needs integer generation and version within the header's range")
     if op == STOP:
         return Stop(generation)
@@ -155,7 +155,7 @@ def parse_control(data: Mapping) -> Start | Stop:
     return Start(generation, version, topology)
 
 
-def _bounded(value: object, limit: int) -> bool:
+def _bounded(value: object, limit: int) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= limit
 
 

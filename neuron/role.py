@@ -18,7 +18,7 @@ class Role(NamedTuple):
     """One participant of a run: the driver (0, 0), neuron (layer, index) or the loss head (HEAD_LAYER, 0)."""
 
     layer: int
-    index: int = 0
+    index: int = 0  # type: ignore[assignment]  # the issue's name for it, shadowing tuple.index on purpose
 
     @property
     def is_head(self) -> bool:

@@ -10,8 +10,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from paramstore.errors import CorruptValue, InvalidKey, MissingKey, StoreError
 from broker.schemes import redact_url
+from paramstore.errors import CorruptValue, InvalidKey, MissingKey, StoreError
 
 MAX_KEY_LENGTH = 512
 # Filesystems cap a name at 255 bytes; the file backend adds a suffix and temp-file decorations.

@@ -213,7 +213,7 @@ def _layer_arrays(version: int, layer: int, records: Mapping[tuple[int, int], ob
     rows = 0
     for (a, b), record in sorted(records.items()):
         arrays = record.get("arrays") if isinstance(record, dict) else None
-        if (not isinstance(arrays, dict) or record.get("rows") != [a, b]
+        if (not isinstance(record, dict) or not isinstance(arrays, dict) or record.get("rows") != [a, b]
                 or not all(isinstance(s, dict) and isinstance(s.get("shape"), list) for s in arrays.values())):
             raise CheckpointError(f"slice record L{layer}/{a}-{b} of checkpoint {version} is malformed")
         specs = {n: (s.get("dtype"), tuple(s["shape"][1:])) for n, s in arrays.items()}

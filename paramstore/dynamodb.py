@@ -17,9 +17,9 @@ import boto3
 import botocore.config
 import botocore.exceptions as bex
 
+from broker.schemes import redact_url
 from paramstore.base import Store
 from paramstore.errors import StoreError, StoreUnavailable
-from broker.schemes import redact_url
 
 PART_BYTES = 350 * 1024  # below the 400 KB item limit with room for the key and attributes
 TRANSACT_ITEMS, TRANSACT_BYTES = 100, 3 * 1024 * 1024
@@ -114,9 +114,10 @@ class DynamoStore(Store):
             return bytes(item["v"]["B"])
         key, count = item["k"]["S"], int(item["n"]["N"])
         pieces = self._fetch([f"{key}{_PART_SEP}{i}" for i in range(count)])
-        if any(p is None for p in pieces):
+        parts = [p for p in pieces if p is not None]
+        if len(parts) != len(pieces):
             raise StoreError(f"a part of the large value at {key!r} is missing")
-        return b"".join(bytes(p["v"]["B"]) for p in pieces)
+        return b"".join(bytes(p["v"]["B"]) for p in parts)
 
     def _fetch(self, keys: list[str]) -> list[dict | None]:
         """Raw items of `keys` (BatchGetItem, 100 at a time, unprocessed keys retried)."""

@@ -11,9 +11,9 @@ from urllib.parse import parse_qsl, urlsplit
 import redis
 import redis.exceptions as rex
 
+from broker.schemes import redact_url
 from paramstore.base import Store
 from paramstore.errors import StoreError, StoreUnavailable
-from broker.schemes import redact_url
 
 SOCKET_READ_SIZE = 1 << 20
 _SCAN_COUNT = 1000

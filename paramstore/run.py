@@ -165,11 +165,11 @@ class Manifest(Mapping):
                 or not all(isinstance(v, str) and v.isdigit() for v in raw["checkpoints"])):
             raise CorruptValue(f"malformed manifest at {key!r}")
         known = {"run", "latest", "checkpoints", "state", "rescales", *_OPTIONAL}
-        rescales = raw.get("rescales") or []
+        rescales, state = raw.get("rescales") or [], raw.get("state")
         return cls(
             run=str(raw.get("run")), latest=raw["latest"],
             checkpoints={int(v): CheckpointEntry.from_json(e) for v, e in raw["checkpoints"].items()},
-            state=raw.get("state") if isinstance(raw.get("state"), dict) else {},
+            state=state if isinstance(state, dict) else {},
             **{name: raw.get(name) for name in _OPTIONAL},
             rescales=tuple(rescales) if isinstance(rescales, list) else (),
             extra={k: v for k, v in raw.items() if k not in known},

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up and run the test suite (the README's second command; .ci/run calls this).
+# Set up and run the test suite (the README's second command; .ci/run calls this): ruff, mypy, then pytest.
 # With Docker at hand it first builds the images from Debian packages (compose/build-images.sh, once per
 # run: present images are reused) and installs the compose v2 plugin if missing; under CI=true a missing
 # Docker engine fails the run.
@@ -18,4 +18,7 @@ elif [[ $ci == true ]]; then
 else
     echo "tests/run.sh: no Docker engine; tests that need RabbitMQ or Redis will skip" >&2
 fi
+# lint (imports, pyflakes, bugbear) and types first: a broken import fails in seconds, not after the suite
+python3 -m ruff check .
+python3 -m mypy
 python3 -m pytest -q -p no:cacheprovider tests/unit tests/contract tests/integration tests/e2e "$@"

@@ -13,25 +13,25 @@ from broker.errors import BrokerError
 from broker.schemes import redact_url
 from neuron.errors import NeuronError
 from neuron.kernels import HIDDEN_ACTIVATIONS
-from orchestrator.config import Config
-from orchestrator.data.mnist import load_images, load_mnist, to_inputs
-from orchestrator.training.driver import DriverOptions
-from orchestrator.errors import ConfigError, DataError, ModelFileError, OrchestratorError
-from orchestrator.data.model import load_model, model_sizes, save_model
-from orchestrator.config.plan import build_plan, format_plan
-from orchestrator.training.progress import Progress
-from orchestrator.training.reference import accuracy, predict
 from neuron.topology import RUN_ID
-from orchestrator.runtimes import TARGETS
-from orchestrator.training.runner import make_schedule, new_run_id, train_run
-from orchestrator.training.plot import training_svg
 from orchestrator.cli import operations
 from orchestrator.cli.operations import config_of
+from orchestrator.config import Config
+from orchestrator.config.plan import build_plan, format_plan
+from orchestrator.data.mnist import load_images, load_mnist, to_inputs
+from orchestrator.data.model import load_model, model_sizes, save_model
+from orchestrator.errors import ConfigError, DataError, ModelFileError, OrchestratorError
+from orchestrator.runtimes import TARGETS
+from orchestrator.training.driver import DriverOptions
+from orchestrator.training.plot import training_svg
+from orchestrator.training.progress import Progress
+from orchestrator.training.reference import accuracy, predict
+from orchestrator.training.runner import make_schedule, new_run_id, train_run
 from paramstore import BACKENDS as STORES
 from paramstore import open_store
 from paramstore.checkpoint import Checkpoints
-from paramstore.run import Manifest
 from paramstore.errors import StoreError
+from paramstore.run import Manifest
 
 EXIT_USAGE = 2
 

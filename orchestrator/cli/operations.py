@@ -15,16 +15,16 @@ from urllib.parse import urlsplit
 from broker import connect as connect_broker
 from compose import render as compose_render
 from neuron.topology import RUN_ID, Topology
-
+from orchestrator.config import Config, load_config
+from orchestrator.config.plan import build_plan
 from orchestrator.deploy import compose
 from orchestrator.deploy.aws import EcsDeployer
-from orchestrator.config import Config, load_config
 from orchestrator.deploy.ecs import ecs_plan
-from orchestrator.errors import ConfigError, OrchestratorError
-from orchestrator.config.plan import build_plan
 from orchestrator.deploy.status import find_run, format_status, run_status
+from orchestrator.errors import ConfigError, OrchestratorError
 from paramstore import open_store
 from paramstore.run import RunRecord
+
 
 def config_of(args: argparse.Namespace) -> Config:
     """The config named by `args.config`, with the command line's --epochs, --broker and --store applied."""

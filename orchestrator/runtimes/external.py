@@ -7,8 +7,8 @@ import time
 from neuron.topology import Topology
 from orchestrator.errors import NeuronLost
 from orchestrator.runtimes.base import Runtime, Services
-from paramstore.run import RunRecord
 from paramstore.errors import StoreError
+from paramstore.run import RunRecord
 
 log = logging.getLogger(__name__)
 

@@ -15,11 +15,11 @@ from neuron.optim import state_names
 from neuron.role import HEAD
 from neuron.topology import Topology, micro_sizes
 from orchestrator.data.mnist import Dataset, batch_slices, to_inputs
-from orchestrator.training import rescale
-from orchestrator.errors import NeuronLost, TrainingError
-from orchestrator.training.rescale import RescaleRequested
 from orchestrator.data.model import Params
+from orchestrator.errors import NeuronLost, TrainingError
 from orchestrator.runtimes.base import Runtime
+from orchestrator.training import rescale
+from orchestrator.training.rescale import RescaleRequested
 from orchestrator.training.schedule import Schedule
 from paramstore.checkpoint import Checkpoints
 from paramstore.run import ScaleRequest
@@ -302,7 +302,7 @@ class Driver:
             return {"step": version, "epoch": schedule.epoch_of(max(version - 1, 0)), "total_steps": total}
 
         for step in range(start, total):
-            self._wait(lambda: step - opts.window <= start - 1 or (step - opts.window) in self._losses,
+            self._wait(lambda step=step: step - opts.window <= start - 1 or (step - opts.window) in self._losses,
                        f"the loss of step {step - opts.window}")
             self._commit_ready(info)
             if self._look_for_rescale:  # only at a checkpoint: the new split starts from it
@@ -319,7 +319,7 @@ class Driver:
             self._send_step(step, to_inputs(train.images[idx], dtype), train.labels[idx], flags)
             self._sent[step] = len(idx)
             if test is not None and (schedule.ends_epoch(step) or last):
-                self._wait(lambda: step in self._losses, f"the loss of step {step}")
+                self._wait(lambda step=step: step in self._losses, f"the loss of step {step}")
                 self._report_losses(opts)
                 accuracy = self.evaluate(test, step + 1)
                 self.epoch_accuracy[epoch] = accuracy

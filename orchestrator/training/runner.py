@@ -8,16 +8,16 @@ from typing import Callable
 
 from broker import connect
 from broker.base import Broker
+from broker.schemes import redact_url
 from neuron.topology import Topology
 from orchestrator.config import Config
+from orchestrator.config.plan import build_plan
 from orchestrator.data.mnist import Dataset
-from orchestrator.training.driver import Driver, DriverOptions, TrainResult
+from orchestrator.data.model import Params, init_params
 from orchestrator.errors import TrainingError
 from orchestrator.runtimes import TARGETS, Runtime, Services, runtime_for
-from orchestrator.data.model import Params, init_params
-from orchestrator.config.plan import build_plan
+from orchestrator.training.driver import Driver, DriverOptions, TrainResult
 from orchestrator.training.schedule import Schedule
-from broker.schemes import redact_url
 from paramstore import open_store
 from paramstore.base import Store
 from paramstore.checkpoint import Checkpoints

@@ -6,7 +6,6 @@ inside its own key namespace (`ns`), so shared services need no flushing between
 """
 from __future__ import annotations
 
-import os
 import threading
 import time
 import uuid
@@ -17,8 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from paramstore import (
-    Checkpoints,
     CheckpointError,
+    Checkpoints,
     CorruptValue,
     InvalidKey,
     open_store,

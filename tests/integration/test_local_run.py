@@ -226,8 +226,8 @@ def test_hostile_messages_over_rabbitmq_are_dead_lettered(small_mnist, reference
 
 def test_external_neurons_restarted_by_their_own_policy_recover_bitwise(small_mnist, reference, amqp_url, redis_url):
     """--target external: neurons started outside the driver (as containers are) and restarted by a policy."""
-    from orchestrator.runtimes.local import ProcessGroup
     from orchestrator.config.plan import build_plan
+    from orchestrator.runtimes.local import ProcessGroup
 
     train, test = small_mnist
     config, run_id = _config(amqp_url, redis_url), f"it-ext-{os.getpid()}"

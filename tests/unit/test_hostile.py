@@ -10,9 +10,9 @@ from broker import connect
 from neuron import codec
 from neuron.topology import Topology
 from orchestrator.config import parse_config
-from orchestrator.training.driver import DriverOptions
-from orchestrator.errors import TrainingError
 from orchestrator.config.plan import build_plan
+from orchestrator.errors import TrainingError
+from orchestrator.training.driver import DriverOptions
 from orchestrator.training.runner import train_run
 from paramstore import open_store
 
