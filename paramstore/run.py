@@ -141,7 +141,7 @@ class Manifest(Mapping):
     topology: Mapping[str, Any] | None = None  # Topology.to_dict() of the current split
     schedule: Mapping[str, Any] | None = None  # the sample schedule a resume must match
     test_accuracy: float | None = None
-    rescales: tuple[Mapping[str, Any], ...] = ()  # every rescale, carried out or refused
+    rescales: tuple[Rescale, ...] = ()  # every rescale, carried out or refused
     extra: Mapping[str, Any] = field(default_factory=dict)  # fields this version does not know, kept as they are
 
     def to_json(self) -> dict:
@@ -153,7 +153,7 @@ class Manifest(Mapping):
             if getattr(self, name) is not None:
                 doc[name] = getattr(self, name)
         if self.rescales:
-            doc["rescales"] = [dict(r) for r in self.rescales]
+            doc["rescales"] = [r.to_json() for r in self.rescales]
         doc.update(self.extra)
         return doc
 
@@ -171,7 +171,8 @@ class Manifest(Mapping):
             checkpoints={int(v): CheckpointEntry.from_json(e) for v, e in raw["checkpoints"].items()},
             state=state if isinstance(state, dict) else {},
             **{name: raw.get(name) for name in _OPTIONAL},
-            rescales=tuple(rescales) if isinstance(rescales, list) else (),
+            rescales=tuple(Rescale.from_json(r) for r in rescales if isinstance(r, dict)) if isinstance(rescales, list)
+            else (),
             extra={k: v for k, v in raw.items() if k not in known},
         )
 
@@ -209,6 +210,40 @@ class ScaleRequest:
     def to_json(self) -> dict:
         """The stored JSON object (the manifest's rescale history keeps these fields)."""
         return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Rescale:
+    """One entry of the manifest's rescale history: a request carried out, or refused (and why)."""
+
+    request: ScaleRequest
+    from_shards: int | None = None  # "from" in the manifest
+    to_shards: int | None = None  # "to"
+    version: int | None = None  # the checkpoint the new split started from
+    generation: int | None = None  # the generation that opened with it
+    pause_s: float | None = None  # seconds training paused
+    refused: str | None = None  # why the driver did not carry it out
+
+    _JSON = (("from_shards", "from"), ("to_shards", "to"), ("version", "version"), ("generation", "generation"),
+             ("pause_s", "pause_s"), ("refused", "refused"))
+
+    def to_json(self) -> dict:
+        """The stored JSON object: the request's fields and those of the outcome that are set."""
+        doc = self.request.to_json()
+        doc.update({key: getattr(self, attr) for attr, key in self._JSON if getattr(self, attr) is not None})
+        return doc
+
+    @classmethod
+    def from_json(cls, raw: Mapping) -> Rescale:
+        """Parse a stored entry (fields of the wrong type read as unset)."""
+        def number(key: str) -> Any:
+            value = raw.get(key)
+            return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+        asked = number("asked")
+        request = ScaleRequest(str(raw.get("id")), number("layer"), number("shards"), float(asked or 0.0))
+        refused = raw.get("refused")
+        return cls(request, number("from"), number("to"), number("version"), number("generation"),
+                   number("pause_s"), None if refused is None else str(refused))
 
 
 class RunRecord:
@@ -255,11 +290,11 @@ class RunRecord:
         manifest = self.manifest()  # a run committed before the pointer existed
         return None if manifest is None else manifest.latest
 
-    def add_rescale(self, entry: Mapping[str, Any]) -> Manifest:
+    def add_rescale(self, entry: Rescale) -> Manifest:
         """Append `entry` to the manifest's rescale history."""
         with self.lock:
             manifest = self.manifest() or self.empty()
-            return self.update(rescales=(*manifest.rescales, dict(entry)))
+            return self.update(rescales=(*manifest.rescales, entry))
 
     # -- heartbeats ---------------------------------------------------------------------------------
 

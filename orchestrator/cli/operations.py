@@ -115,13 +115,13 @@ def cmd_scale(args: argparse.Namespace) -> int:
                     break
                 time.sleep(0.2)
         while time.monotonic() < deadline:
-            done = [r for r in (record.manifest() or manifest).rescales if r.get("id") == rid]
+            done = [r for r in (record.manifest() or manifest).rescales if r.request.id == rid]
             if done:
                 entry = done[0]
-                if "refused" in entry:
-                    raise OrchestratorError(f"the driver refused the rescale: {entry['refused']}")
-                print(f"layer {entry['layer']}: {entry['from']} -> {entry['to']} neurons at checkpoint "
-                      f"{entry['version']}, generation {entry['generation']}; training paused {entry['pause_s']:.2f} s")
+                if entry.refused is not None:
+                    raise OrchestratorError(f"the driver refused the rescale: {entry.refused}")
+                print(f"layer {entry.request.layer}: {entry.from_shards} -> {entry.to_shards} neurons at checkpoint "
+                      f"{entry.version}, generation {entry.generation}; training paused {entry.pause_s or 0.0:.2f} s")
                 return 0
             time.sleep(0.2)
     raise OrchestratorError(f"the driver did not carry out the rescale within {args.wait:.0f} s (is it running?)")

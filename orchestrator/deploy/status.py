@@ -50,7 +50,7 @@ def run_status(store: Store, broker: Broker | None, run_id: str, now: float | No
     summary = {"run": run_id, "status": manifest.status or "?", "generation": manifest.generation,
                "checkpoint": manifest.latest, "total_steps": manifest.state.get("total_steps"),
                "test_accuracy": manifest.test_accuracy, "alive": sum(r[1] == "yes" for r in rows),
-               "actors": len(rows), "shards": list(topo.shards), "rescales": list(manifest.rescales)}
+               "actors": len(rows), "shards": list(topo.shards), "rescales": [r.to_json() for r in manifest.rescales]}
     return summary, rows
 
 

@@ -1,6 +1,7 @@
 """The training driver ("client"): feeds the neurons, collects losses and predictions, commits checkpoints."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from orchestrator.training import rescale
 from orchestrator.training.rescale import RescaleRequested
 from orchestrator.training.schedule import Schedule
 from paramstore.checkpoint import Checkpoints
-from paramstore.run import ScaleRequest
+from paramstore.run import Rescale, ScaleRequest
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ class Driver:
         self.queue = topo.queue(0)
         self._set_topology(topo)
         self._look_for_rescale = False
-        self._pending_record: dict | None = None
+        self._pending_record: tuple[Rescale, float] | None = None  # a rescale under way, since when
         self.generation = 0
         self._ready: set[str] = set()
         self._losses: dict[int, dict] = {}
@@ -236,12 +237,13 @@ class Driver:
             try:
                 self.start_generation(generation, version)
                 if self._pending_record is not None:  # training resumes: the pause of a rescale is over
-                    entry, self._pending_record = self._pending_record, None
-                    entry["pause_s"] = round(time.monotonic() - entry.pop("t0"), 3)
-                    entry["to"] = self.topo.shards[entry["layer"] - 1]
+                    (entry, t0), self._pending_record = self._pending_record, None
+                    layer = entry.request.layer
+                    entry = dataclasses.replace(entry, pause_s=round(time.monotonic() - t0, 3),
+                                                to_shards=self.topo.shards[layer - 1])
                     self.checkpoints.record.add_rescale(entry)
                     log.warning("layer %d now has %d neurons; training paused %.2f s",
-                                entry["layer"], entry["to"], entry["pause_s"])
+                                layer, entry.to_shards, entry.pause_s)
                 params, accuracy = self.train(train, test, schedule, version)
                 break
             except RescaleRequested as req:
@@ -278,8 +280,7 @@ class Driver:
         for queue in gone:
             self.broker.delete(queue)
         self.checkpoints.record.clear_scale_request()
-        self._pending_record = {**request.to_json(), "from": old.shards[layer - 1], "version": version,
-                                "generation": generation, "t0": t0}
+        self._pending_record = (Rescale(request, old.shards[layer - 1], version=version, generation=generation), t0)
         log.warning("rescaling layer %d from %d to %d neurons at checkpoint %d", layer,
                     old.shards[layer - 1], new.shards[layer - 1], version)
 

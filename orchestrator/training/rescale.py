@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from neuron.topology import Topology
 from orchestrator.errors import OrchestratorError
-from paramstore.run import RunRecord, ScaleRequest
+from paramstore.run import Rescale, RunRecord, ScaleRequest
 
 
 class RescaleRequested(OrchestratorError):
@@ -28,6 +28,6 @@ def resolve(record: RunRecord, topo: Topology, request: ScaleRequest, *, can_rep
             raise ValueError("this deployment cannot replace neurons (rescale runs on --target local or compose)")
         return topo.with_shards(request.layer, request.shards)
     except ValueError as exc:
-        record.add_rescale({**request.to_json(), "refused": str(exc)})
+        record.add_rescale(Rescale(request, refused=str(exc)))
         record.clear_scale_request()
         return None
