@@ -14,7 +14,7 @@ import numpy as np
 from broker.base import Broker, Delivery
 from broker.errors import BrokerError
 from neuron import codec, protocol
-from neuron.errors import CheckpointMissing, CodecError, ProtocolError
+from neuron.errors import BadSignature, CheckpointMissing, CodecError, ProtocolError
 from neuron.protocol import CONTROL, EVAL, STEP_WINDOW, Failed, Ready, Report, report_data
 from neuron.role import DRIVER, Role
 from neuron.topology import Topology
@@ -67,6 +67,8 @@ class Actor(ABC):
                 self._dispatch(msg)
         except (CodecError, ProtocolError) as exc:
             self.stats["rejected"] += 1
+            if isinstance(exc, BadSignature):
+                self.stats["unsigned"] += 1
             log.warning("%s rejected a message: %s", self.name, exc)
             self.broker.reject(delivery, f"{type(exc).__name__}: {exc}")
             return
@@ -134,6 +136,7 @@ class Actor(ABC):
             raise ProtocolError(f"start carries a malformed topology: {exc}") from exc
         if topo is None or not self.topo.same_network(topo):
             raise ProtocolError("start carries the topology of another run or network")
+        topo = topo.with_key(self.topo.key)
         if not self.role.is_head and self.index >= topo.shards[self.layer - 1]:
             raise ProtocolError(f"{self.name} is not part of the new split of layer {self.layer}")
         return topo
@@ -161,7 +164,7 @@ class Actor(ABC):
         """Encode one array message once and publish it to every queue of `queues`."""
         generation = self.generation if self.generation is not None else 0  # sends follow a start
         body = codec.encode(kind, self.topo.run_tag, generation, step, micro=micro, nmicro=nmicro,
-                            source=self.role, flags=flags, array=array)
+                            source=self.role, flags=flags, array=array, key=self.topo.key)
         self.broker.publish_many(queues, body)
         self.stats["out"] += len(queues)
 
@@ -169,7 +172,7 @@ class Actor(ABC):
         """Send an event to the driver (about `generation`, by default the current one)."""
         gen = (self.generation or 0) if generation is None else generation
         body = codec.encode(protocol.REPORT, self.topo.run_tag, gen, self.step, source=self.role,
-                            data=report_data(event))
+                            data=report_data(event), key=self.topo.key)
         self.broker.publish(self.driver_queue, body)
         self.stats["out"] += 1
 

@@ -1,9 +1,14 @@
 """The wire format: a fixed little-endian header plus raw array bytes (or a small JSON object), never pickle.
 
 The kinds and flags it carries, and what they mean, are in neuron/protocol.py.
+
+Every message ends with an HMAC-SHA256 of everything before it under the run's key, checked before any
+field but the header's run tag is believed: publishing to the broker is not enough to influence a run.
 """
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import struct
 from dataclasses import dataclass
@@ -12,6 +17,7 @@ from typing import Mapping
 import numpy as np
 
 from neuron.errors import (
+    BadSignature,
     ForeignMessage,
     MalformedMessage,
     NonFiniteValues,
@@ -39,6 +45,8 @@ HEADER = struct.Struct("<2sBBBBBQIQIIHI")
 DIM = struct.Struct("<I")
 MAX_NDIM = 2
 MAX_JSON = 64 * 1024
+MAC_SIZE = 32  # the HMAC-SHA256 trailer
+MIN_KEY_BYTES = 16
 
 
 @dataclass(frozen=True)
@@ -79,6 +87,7 @@ class Schema:
     """
 
     run_tag: int
+    key: bytes  # the run's message key
     dtype: np.dtype
     max_rows: int  # rows of one micro-batch
     max_batch: int  # rows of one step (labels come once per step)
@@ -98,12 +107,16 @@ def encode(
     flags: int = 0,
     array: np.ndarray | None = None,
     data: Mapping | None = None,
+    key: bytes,
 ) -> bytes:
-    """Encode one message; exactly one of `array` (kinds ACT..PRED) and `data` (CONTROL, REPORT) is given."""
+    """Encode and sign one message; exactly one of `array` (kinds ACT..PRED) and `data` (CONTROL, REPORT) is given."""
+    mac = hmac.new(check_key(key), digestmod=hashlib.sha256)
     if kind in JSON_KINDS:
         payload = json.dumps(data, separators=(",", ":"), allow_nan=False).encode()
         head = HEADER.pack(MAGIC, VERSION, kind, flags, JSON_DTYPE, 0, run_tag, generation, step, micro, nmicro, *source)
-        return head + payload
+        mac.update(head)
+        mac.update(payload)
+        return b"".join((head, payload, mac.digest()))
     arr = np.asarray(array)
     dt = arr.dtype.newbyteorder("<") if arr.dtype.byteorder == ">" else arr.dtype
     code = DTYPE_CODES.get(np.dtype(dt))
@@ -111,22 +124,45 @@ def encode(
         raise ValueError(f"cannot encode array of dtype {arr.dtype} and shape {arr.shape}")
     head = HEADER.pack(MAGIC, VERSION, kind, flags, code, arr.ndim, run_tag, generation, step, micro, nmicro, *source)
     dims = b"".join(DIM.pack(d) for d in arr.shape)
-    return b"".join((head, dims, np.ascontiguousarray(arr, dtype=DTYPES[code]).data.cast("B")))
+    data_bytes = np.ascontiguousarray(arr, dtype=DTYPES[code]).data.cast("B")
+    mac.update(head)
+    mac.update(dims)
+    mac.update(data_bytes)
+    return b"".join((head, dims, data_bytes, mac.digest()))
+
+
+def sign(unsigned: bytes, key: bytes) -> bytes:
+    """`unsigned` (a header and payload) with its signature appended, as encode() makes it."""
+    return bytes(unsigned) + hmac.digest(check_key(key), unsigned, "sha256")
+
+
+def check_key(key: object) -> bytes:
+    """`key` if it can sign a run's messages (bytes, at least MIN_KEY_BYTES long), else ValueError."""
+    if not isinstance(key, bytes) or len(key) < MIN_KEY_BYTES:
+        raise ValueError(f"a run's message key is at least {MIN_KEY_BYTES} bytes")
+    return key
 
 
 def decode(body: bytes, schema: Schema) -> Message:
-    """Decode and validate `body` against `schema`; raises a CodecError subclass, never anything else."""
+    """Check the signature of `body`, then decode and validate it against `schema`; raises only CodecErrors."""
     if len(body) > schema.max_bytes:
         raise OversizedMessage(f"message of {len(body)} bytes exceeds the limit of {schema.max_bytes}")
-    if len(body) < HEADER.size:
-        raise MalformedMessage(f"message of {len(body)} bytes is shorter than the {HEADER.size}-byte header")
+    if len(body) < HEADER.size + MAC_SIZE:
+        raise MalformedMessage(f"message of {len(body)} bytes is shorter than the {HEADER.size}-byte header "
+                               f"and the {MAC_SIZE}-byte signature")
     magic, version, kind, flags, code, ndim, tag, gen, step, micro, nmicro, src_layer, src_index = HEADER.unpack_from(body)
     if magic != MAGIC or version != VERSION:
         raise MalformedMessage(f"bad magic/version {magic!r}/{version}")
-    if kind not in KINDS:
-        raise MalformedMessage(f"unknown kind {kind}")
     if tag != schema.run_tag:
         raise ForeignMessage(f"message of another run (tag {tag:#x})")
+    signed = memoryview(body)[:-MAC_SIZE]
+    if len(schema.key) < MIN_KEY_BYTES:  # an empty key would be one anybody can sign with
+        raise BadSignature("this receiver holds no key of the run")
+    if not hmac.compare_digest(hmac.digest(schema.key, signed, "sha256"), body[-MAC_SIZE:]):
+        raise BadSignature("message without a valid signature of this run")
+    body = signed  # from here on, only the signed bytes
+    if kind not in KINDS:
+        raise MalformedMessage(f"unknown kind {kind}")
     key = (kind, src_layer, src_index)
     if key not in schema.columns:
         raise UnexpectedMessage(f"no {KINDS[kind]} message expected from source {src_layer}.{src_index}")
@@ -134,7 +170,7 @@ def decode(body: bytes, schema: Schema) -> Message:
     common = dict(kind=kind, run_tag=tag, generation=gen, step=step, micro=micro, nmicro=nmicro,
                   src_layer=src_layer, src_index=src_index, flags=flags)
     if kind in JSON_KINDS:
-        return Message(**common, data=_decode_json(body[HEADER.size:], code, ndim))
+        return Message(**common, data=_decode_json(bytes(body[HEADER.size:]), code, ndim))
     return Message(**common, array=_decode_array(body, code, ndim, expected_cols, kind, schema))
 
 

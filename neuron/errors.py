@@ -18,6 +18,10 @@ class UnexpectedMessage(CodecError):
     """A well-formed message that this receiver must not get: wrong kind, source, dtype or shape."""
 
 
+class BadSignature(CodecError):
+    """A message whose HMAC is missing or wrong: not sent by a process holding the run's key."""
+
+
 class ForeignMessage(CodecError):
     """A message of another training run."""
 

@@ -121,7 +121,10 @@ def _topology(checkpoints: Checkpoints, deadline: float) -> Topology:
         manifest = checkpoints.manifest()
         if manifest is None or manifest.topology is None:
             raise LookupError(f"run {checkpoints.run_id} has no manifest yet")
-        return Topology.from_dict(dict(manifest.topology))
+        key = checkpoints.record.message_key()
+        if key is None:
+            raise LookupError(f"run {checkpoints.run_id} has no message key yet")
+        return Topology.from_dict(dict(manifest.topology)).with_key(key)
     return _retry("the run's manifest", read, deadline, (LookupError, StoreError))
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 
 import numpy as np
@@ -54,6 +54,8 @@ class Topology:
     lr_decay: float = 1.0
     weight_decay: float = 0.0
     steps_per_epoch: int = 0  # needed only with lr_decay < 1
+    # the run's message key: never in to_dict (the manifest, start messages), repr or comparisons
+    key: bytes = field(default=b"", repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not RUN_ID.match(self.run_id):
@@ -75,6 +77,10 @@ class Topology:
         split = list(self.shards)
         split[layer - 1] = shards
         return replace(self, shards=tuple(split))
+
+    def with_key(self, key: bytes) -> "Topology":
+        """This topology holding the run's message key (ValueError if it is too short)."""
+        return replace(self, key=codec.check_key(key))
 
     def same_network(self, other: "Topology") -> bool:
         """Whether `other` is this run and network, possibly split differently."""
@@ -162,16 +168,19 @@ class Topology:
     def schema_for(self, layer: int, index: int) -> codec.Schema:
         """What the actor at (layer, index) accepts (see protocol.expected_sources); (0, 0) is the driver."""
         cols = protocol.expected_sources(self, Role(layer, index))
-        return codec.Schema(self.run_tag, self.np_dtype, self.max_rows, self.batch_size, self.max_message_bytes(), cols)
+        return codec.Schema(self.run_tag, self.key, self.np_dtype, self.max_rows, self.batch_size, self.max_message_bytes(), cols)
 
     def to_dict(self) -> dict:
-        """A JSON-ready description (stored in the run manifest)."""
-        return asdict(self)
+        """A JSON-ready description (stored in the run manifest), without the key."""
+        data = asdict(self)
+        del data["key"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> "Topology":
         """Inverse of to_dict."""
         fields = dict(data)
+        fields.pop("key", None)  # a key never travels with a topology
         fields["sizes"] = tuple(fields["sizes"])
         fields["shards"] = tuple(fields["shards"])
         return cls(**fields)

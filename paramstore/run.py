@@ -3,6 +3,7 @@
 Keys, for run R (versions zero-padded so that they sort):
   cuttlefish/R/manifest                                   the manifest (JSON): see Manifest
   cuttlefish/R/latest                                     the latest committed version (decimal text)
+  cuttlefish/R/key                                        the run's message key (32 random bytes)
   cuttlefish/R/hb/{actor}                                 an actor's heartbeat (JSON, with a TTL)
   cuttlefish/R/scale-request                              a pending request to re-split a layer (JSON)
   cuttlefish/R/ckpt/{version:010d}/L{layer}/{a}-{b}       a checkpoint slice record (JSON), see checkpoint.py
@@ -30,6 +31,7 @@ from paramstore.errors import CheckpointError, CorruptValue, InvalidKey
 ROOT = "cuttlefish/"
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 MAX_VERSION = 10**10 - 1  # what fits the 10-digit key field
+MESSAGE_KEY_BYTES = 32
 
 
 def check_name(name: object, what: str) -> str:
@@ -71,6 +73,11 @@ class RunKeys:
     def latest(self) -> str:
         """Key of the latest committed version, switched together with the manifest."""
         return f"{self.prefix}latest"
+
+    @property
+    def message_key(self) -> str:
+        """Key of the run's message key: only the run's own processes read it (never the broker)."""
+        return f"{self.prefix}key"
 
     @property
     def heartbeats(self) -> str:
@@ -295,6 +302,20 @@ class RunRecord:
         with self.lock:
             manifest = self.manifest() or self.empty()
             return self.update(rescales=(*manifest.rescales, entry))
+
+    # -- the message key ----------------------------------------------------------------------------
+
+    def message_key(self) -> bytes | None:
+        """The key that signs the run's messages, or None if the run has none yet."""
+        return self.store.get(self.keys.message_key)
+
+    def create_message_key(self) -> bytes:
+        """The run's message key: a new random one unless the run already has one."""
+        key = self.message_key()
+        if key is None:
+            key = secrets.token_bytes(MESSAGE_KEY_BYTES)
+            self.store.put(self.keys.message_key, key)
+        return key
 
     # -- heartbeats ---------------------------------------------------------------------------------
 

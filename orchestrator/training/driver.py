@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -11,7 +12,7 @@ import numpy as np
 
 from broker.base import Broker
 from neuron import codec, protocol
-from neuron.errors import CodecError
+from neuron.errors import BadSignature, CodecError
 from neuron.optim import state_names
 from neuron.role import HEAD
 from neuron.topology import Topology, micro_sizes
@@ -85,6 +86,7 @@ class Driver:
         self._sent: dict[int, int] = {}  # step -> samples, over every generation
         self.epoch_accuracy: dict[int, float] = {}
         self.recoveries = 0
+        self.stats: Counter = Counter()  # messages the driver rejected ("rejected", of them "unsigned")
 
     def _set_topology(self, topo: Topology) -> None:
         self.topo = topo
@@ -127,7 +129,8 @@ class Driver:
 
     # -- messages ---------------------------------------------------------------------------------
     def _control(self, op: protocol.Start | protocol.Stop) -> None:
-        body = codec.encode(protocol.CONTROL, self.topo.run_tag, self.generation, 0, data=op.to_data())
+        body = codec.encode(protocol.CONTROL, self.topo.run_tag, self.generation, 0, data=op.to_data(),
+                            key=self.topo.key)
         self.broker.publish_many([role.queue(self.topo.run_id) for role in self.topo.roles()], body)
 
     def _pump(self, timeout: float) -> None:
@@ -146,6 +149,10 @@ class Driver:
         try:
             msg = codec.decode(delivery.body, self.schema)
         except CodecError as exc:
+            self.stats["rejected"] += 1
+            if isinstance(exc, BadSignature):
+                self.stats["unsigned"] += 1
+            log.warning("driver rejected a message: %s", exc)
             self.broker.reject(delivery, f"{type(exc).__name__}: {exc}")
             return
         report = None
@@ -162,6 +169,7 @@ class Driver:
             return
         current = msg.generation == self.generation
         if current and msg.kind == protocol.PRED and self._expected_preds.get(msg.micro) != msg.array.shape[0]:
+            self.stats["rejected"] += 1
             self.broker.reject(delivery, f"unexpected predictions for micro-batch {msg.micro}")
             return
         self.broker.ack(delivery)
@@ -346,14 +354,15 @@ class Driver:
 
     def _send_step(self, step: int, x: np.ndarray, y: np.ndarray, flags: int) -> None:
         sizes = micro_sizes(x.shape[0], self.topo.micro_batches)
-        tag, gen = self.topo.run_tag, self.generation
+        tag, gen, key = self.topo.run_tag, self.generation, self.topo.key
         first = self.topo.layer_queues(1)
         self.broker.publish(HEAD.queue(self.topo.run_id),
-                            codec.encode(protocol.LABELS, tag, gen, step, nmicro=len(sizes), array=y.astype(np.int32)))
+                            codec.encode(protocol.LABELS, tag, gen, step, nmicro=len(sizes), array=y.astype(np.int32),
+                                         key=key))
         offset = 0
         for micro, rows in enumerate(sizes):
             body = codec.encode(protocol.ACT, tag, gen, step, micro=micro, nmicro=len(sizes), flags=flags,
-                                array=x[offset:offset + rows])
+                                array=x[offset:offset + rows], key=key)
             self.broker.publish_many(first, body)
             offset += rows
 
@@ -366,7 +375,7 @@ class Driver:
         for micro, (a, b) in enumerate(spans):
             self._expected_preds[micro] = b - a
             body = codec.encode(protocol.ACT, self.topo.run_tag, self.generation, version, micro=micro,
-                                flags=protocol.EVAL, array=x[a:b])
+                                flags=protocol.EVAL, array=x[a:b], key=self.topo.key)
             self.broker.publish_many(first, body)
         self._wait(lambda: len(self._preds) == len(spans), f"predictions of checkpoint {version}")
         correct = sum(int((self._preds[m] == test.labels[a:b]).sum()) for m, (a, b) in enumerate(spans))

@@ -82,6 +82,8 @@ def train_run(
     store = store or open_store(config.paramstore)
     try:
         checkpoints = Checkpoints(store, run_id)
+        # the key signs every message; it lives in the store, which broker users cannot read
+        topo = topo.with_key(checkpoints.record.create_message_key())
         runtime = runtime_for(target, topo, Services(broker, checkpoints, config.broker, config.paramstore))
         driver = Driver(topo, broker, checkpoints, options, runtime)
         driver.declare()

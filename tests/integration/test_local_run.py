@@ -1,6 +1,7 @@
 """One OS process per neuron over a real RabbitMQ and Redis: exactness, kill -9 recovery, hostile input."""
 from __future__ import annotations
 
+import functools
 import os
 import random
 import signal
@@ -186,18 +187,21 @@ def test_hostile_messages_over_rabbitmq_are_dead_lettered(small_mnist, reference
 
         topo = build_plan(config, run_id, len(train) // config.training.batch_size)
         other = build_plan(config, "another-run", len(train) // config.training.batch_size)
-        junk = {
-            "random bytes": os.urandom(300),
-            "pickle": b"\x80\x04\x95" + os.urandom(40) + b".",
-            "wrong dtype": codec.encode(codec.ACT, topo.run_tag, 1, 3, nmicro=1, array=np.zeros((4, 784), np.float64)),
-            "wrong shape": codec.encode(codec.ACT, topo.run_tag, 1, 3, nmicro=1, array=np.zeros((4, 7), np.float32)),
-            "oversized": b"CF" + os.urandom(topo.max_message_bytes() + 1024),
-            "another run": codec.encode(codec.ACT, other.run_tag, 1, 3, nmicro=1, array=np.zeros((4, 784), np.float32)),
-        }
-        stale = codec.encode(codec.ACT, topo.run_tag, 0, 3, nmicro=1, array=np.zeros((4, 784), np.float32))
 
         def loop():
             time.sleep(2)
+            with open_store(redis_url) as store:  # the key a process of the run signs with
+                key = Checkpoints(store, run_id).record.message_key()
+            encode = functools.partial(codec.encode, key=key)
+            junk = {
+                "random bytes": os.urandom(300),
+                "pickle": b"\x80\x04\x95" + os.urandom(40) + b".",
+                "wrong dtype": encode(codec.ACT, topo.run_tag, 1, 3, nmicro=1, array=np.zeros((4, 784), np.float64)),
+                "wrong shape": encode(codec.ACT, topo.run_tag, 1, 3, nmicro=1, array=np.zeros((4, 7), np.float32)),
+                "oversized": b"CF" + os.urandom(topo.max_message_bytes() + 1024),
+                "another run": encode(codec.ACT, other.run_tag, 1, 3, nmicro=1, array=np.zeros((4, 784), np.float32)),
+            }
+            stale = encode(codec.ACT, topo.run_tag, 0, 3, nmicro=1, array=np.zeros((4, 784), np.float32))
             with connect(amqp_url) as b:
                 for q in topo.all_queues():
                     b.declare(q, dead_letter=topo.dead_letter_queue)

@@ -23,6 +23,8 @@ from paramstore.checkpoint import Checkpoints
 from paramstore.memory import MemoryStore
 
 
+KEY = b"k" * 32  # the run's message key, as its driver would store it
+
 def _run(topo: Topology):
     """A memory broker with the run's queues, and a store holding checkpoint 0 of seeded weights."""
     broker = MemoryBroker()
@@ -35,7 +37,8 @@ def _run(topo: Topology):
 
 
 def _send(broker, topo, to: Role, kind, generation, step, *, source=DRIVER, **fields):
-    broker.publish(to.queue(topo.run_id), codec.encode(kind, topo.run_tag, generation, step, source=source, **fields))
+    broker.publish(to.queue(topo.run_id), codec.encode(kind, topo.run_tag, generation, step, source=source,
+                                                             key=topo.key, **fields))
 
 
 def _start(broker, topo, actor, generation, version=0):
@@ -62,7 +65,7 @@ def _reports(broker, topo):
 
 
 TWO_LAYERS = Topology("t", sizes=(4, 3, 2), shards=(2, 1), dtype="float64", batch_size=4, micro_batches=2,
-                      learning_rate=0.5)
+                      learning_rate=0.5).with_key(KEY)
 
 
 def test_output_neuron_waits_for_every_part_and_joins_them_in_source_order():
@@ -143,7 +146,7 @@ def _taken_raw(broker, queue):
 
 
 ONE_LAYER = Topology("one", sizes=(3, 2), shards=(1,), dtype="float64", batch_size=4, micro_batches=2,
-                     learning_rate=0.25)
+                     learning_rate=0.25).with_key(KEY)
 
 
 def test_a_step_sums_micro_batch_gradients_in_order_updates_once_and_checkpoints():
@@ -190,7 +193,7 @@ def test_a_gradient_without_its_forward_is_rejected():
 
 
 def test_the_head_waits_for_labels_then_returns_each_neuron_its_columns_and_the_loss():
-    topo = Topology("h", sizes=(4, 3), shards=(2,), dtype="float64", batch_size=3, micro_batches=1)
+    topo = Topology("h", sizes=(4, 3), shards=(2,), dtype="float64", batch_size=3, micro_batches=1).with_key(KEY)
     broker, _, _ = _run(topo)
     head = LossHead(topo, broker)
     _start(broker, topo, head, generation=1)
@@ -245,7 +248,7 @@ training: {data_batch_size: 8, micro_batches: 2, optimizer: momentum, learning_r
     train = Dataset(images=rng.integers(0, 256, size=(40, 784), dtype=np.uint8),
                     labels=rng.integers(0, 10, size=40).astype(np.uint8))
     schedule = make_schedule(config, len(train), steps)
-    topo = build_plan(config, "lockstep", schedule.steps_per_epoch)
+    topo = build_plan(config, "lockstep", schedule.steps_per_epoch).with_key(KEY)
     broker = Lockstep()
     checkpoints = Checkpoints(MemoryStore(), topo.run_id)
     driver = Driver(topo, broker, checkpoints, DriverOptions(checkpoint_every=2, stall_timeout=5.0))

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from neuron import codec
 from neuron.errors import (
+    BadSignature,
     CodecError,
     ForeignMessage,
     MalformedMessage,
@@ -19,13 +20,14 @@ from neuron.errors import (
 )
 from neuron.topology import Topology
 
-TOPO = Topology("codec-test", sizes=(6, 5, 3), shards=(2, 1), batch_size=8, micro_batches=2)
+KEY = bytes(range(32))
+TOPO = Topology("codec-test", sizes=(6, 5, 3), shards=(2, 1), batch_size=8, micro_batches=2).with_key(KEY)
 # neuron (2, 0) gets activations from (1, 0) [3 columns] and (1, 1) [2 columns]
 SCHEMA = TOPO.schema_for(2, 0)
 
 
 def _act(array, source=(1, 0), **kw):
-    return codec.encode(codec.ACT, TOPO.run_tag, 1, 7, micro=1, nmicro=2, source=source, array=array, **kw)
+    return codec.encode(codec.ACT, TOPO.run_tag, 1, 7, micro=1, nmicro=2, source=source, array=array, key=KEY, **kw)
 
 
 def test_round_trip_array():
@@ -37,7 +39,8 @@ def test_round_trip_array():
 
 
 def test_round_trip_json():
-    body = codec.encode(codec.CONTROL, TOPO.run_tag, 3, 0, data={"op": "start", "generation": 3, "version": 10})
+    body = codec.encode(codec.CONTROL, TOPO.run_tag, 3, 0, data={"op": "start", "generation": 3, "version": 10},
+                        key=KEY)
     msg = codec.decode(body, SCHEMA)
     assert msg.data == {"op": "start", "generation": 3, "version": 10}
 
@@ -62,8 +65,11 @@ def test_noncontiguous_slices_encode_in_order():
         (_act(np.zeros((4, 3), dtype="<f4"), source=(0, 0)), UnexpectedMessage),  # not a neighbour
         (_act(np.full((4, 3), np.nan, dtype="<f4")), NonFiniteValues),
         (_act(np.full((4, 3), np.inf, dtype="<f4")), NonFiniteValues),
-        (_act(np.zeros((4, 3), dtype="<f4"))[:-1], MalformedMessage),  # truncated payload
-        (_act(np.zeros((4, 3), dtype="<f4")) + b"\0", MalformedMessage),  # trailing bytes
+        (codec.sign(_act(np.zeros((4, 3), dtype="<f4"))[:-33], KEY), MalformedMessage),  # truncated payload
+        (codec.sign(_act(np.zeros((4, 3), dtype="<f4"))[:-32] + b"\0", KEY), MalformedMessage),  # trailing bytes
+        (_act(np.zeros((4, 3), dtype="<f4"))[:-1], BadSignature),  # a cut signature
+        (_act(np.zeros((4, 3), dtype="<f4"))[:-32], BadSignature),  # no signature
+        (_act(np.zeros((4, 3), dtype="<f4")) + b"\0", BadSignature),  # trailing bytes after the signature
         (bytes(10 ** 7), OversizedMessage),
     ],
 )
@@ -77,21 +83,50 @@ def test_decode_rejects_what_does_not_fit(body, error):
 
 def test_other_run_is_foreign():
     other = Topology("another-run", sizes=(6, 5, 3), shards=(2, 1), batch_size=8, micro_batches=2)
-    body = codec.encode(codec.ACT, other.run_tag, 1, 0, source=(1, 0), array=np.zeros((2, 3), dtype="<f4"))
+    body = codec.encode(codec.ACT, other.run_tag, 1, 0, source=(1, 0), array=np.zeros((2, 3), dtype="<f4"), key=KEY)
     with pytest.raises(ForeignMessage):
         codec.decode(body, SCHEMA)
+
+
+def test_a_message_signed_with_another_key_or_altered_is_refused():
+    x = np.ones((4, 3), dtype="<f4")
+    forged = codec.encode(codec.ACT, TOPO.run_tag, 1, 7, micro=1, nmicro=2, source=(1, 0), array=x, key=b"k" * 32)
+    with pytest.raises(BadSignature):
+        codec.decode(forged, SCHEMA)
+    good = bytearray(_act(x))
+    codec.decode(bytes(good), SCHEMA)
+    for pos in (3, codec.HEADER.size + 9, len(good) - 40, len(good) - 1):  # header, shape, payload, signature
+        tampered = bytearray(good)
+        tampered[pos] ^= 1
+        with pytest.raises((BadSignature, MalformedMessage)):
+            codec.decode(bytes(tampered), SCHEMA)
+    control = codec.HEADER.pack(codec.MAGIC, codec.VERSION, codec.CONTROL, 0, 0, 0, TOPO.run_tag, 1, 0, 0, 0, 0, 0)
+    with pytest.raises(BadSignature):  # a well-formed header and payload without the trailer
+        codec.decode(control + b'{"op":"stop","generation":1}' + bytes(32), SCHEMA)
+
+
+def test_short_keys_are_refused():
+    with pytest.raises(ValueError):
+        codec.encode(codec.CONTROL, TOPO.run_tag, 1, 0, data={"op": "stop"}, key=b"short")
+    with pytest.raises(ValueError):
+        TOPO.with_key(b"")
+
+
+def test_the_key_never_leaves_with_the_topology():
+    assert "key" not in TOPO.to_dict() and KEY.hex() not in repr(TOPO)
+    assert Topology.from_dict({**TOPO.to_dict(), "key": "00" * 32}).key == b""
 
 
 def test_bad_json_payloads():
     head = codec.HEADER.pack(codec.MAGIC, codec.VERSION, codec.CONTROL, 0, 0, 0, TOPO.run_tag, 1, 0, 0, 0, 0, 0)
     for payload in (b"{", b"[1, 2]", b"\xff\xfe", b'"x"'):
         with pytest.raises(MalformedMessage):
-            codec.decode(head + payload, SCHEMA)
+            codec.decode(codec.sign(head + payload, KEY), SCHEMA)
 
 
 VALID = [
     _act(np.ones((4, 3), dtype="<f4")),
-    codec.encode(codec.CONTROL, TOPO.run_tag, 1, 0, data={"op": "stop"}),
+    codec.encode(codec.CONTROL, TOPO.run_tag, 1, 0, data={"op": "stop"}, key=KEY),
 ]
 
 
