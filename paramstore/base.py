@@ -17,6 +17,7 @@ MAX_KEY_LENGTH = 512
 # Filesystems cap a name at 255 bytes; the file backend adds a suffix and temp-file decorations.
 MAX_COMPONENT_LENGTH = 200
 DEFAULT_CHUNK_BYTES = 256 * 1024
+GUARDED_BYTES = 256 * 1024  # values written by put_many_if: manifests, leases, keys
 # Little-endian dtype strings accepted by put_array; uint8 has no byte order, hence "|u1".
 ARRAY_DTYPES = frozenset({"<f4", "<f8", "<i4", "<i8", "|u1"})
 
@@ -60,6 +61,14 @@ class Store(ABC):
     @abstractmethod
     def put_many(self, items: Mapping[str, bytes]) -> None:
         """Store every item without TTL, atomically where the backend can (else each key atomically, in order)."""
+
+    @abstractmethod
+    def put_many_if(self, items: Mapping[str, bytes], expect: Mapping[str, bytes | None]) -> bool:
+        """Atomically: if each key of `expect` holds its value (None: is absent), store `items`; False if not.
+
+        The one compare-and-set primitive: a run's manifest, lease and key are written only through it.
+        Values in `expect` and `items` are small (under 256 KB); `items` get no TTL.
+        """
 
     @abstractmethod
     def close(self) -> None:
@@ -126,6 +135,14 @@ class Store(ABC):
             raise ValueError(f"ttl must be a positive finite number of seconds, not {ttl!r}")
         return float(ttl)
 
+    def check_guarded(self, items: Mapping[str, bytes], expect: Mapping[str, bytes | None]) -> tuple[dict, dict]:
+        """(items, expect) of a put_many_if with keys and values checked, else InvalidKey or TypeError."""
+        checked = {self.check_key(k): self.check_value(v) for k, v in items.items()}
+        wanted = {self.check_key(k): None if v is None else self.check_value(v) for k, v in expect.items()}
+        if any(len(v) > GUARDED_BYTES for v in (*checked.values(), *filter(None, wanted.values()))):
+            raise ValueError(f"a guarded value is at most {GUARDED_BYTES} bytes")
+        return checked, wanted
+
     def _require_open(self) -> None:
         if self._closed:
             raise StoreError(f"{self!r} is closed")
@@ -141,7 +158,7 @@ class Store(ABC):
         data = self.get(key)
         if data is None:
             return None
-        return _loads(key, data)
+        return loads_json(key, data)
 
     # -- arrays -----------------------------------------------------------------------------------
 
@@ -238,7 +255,8 @@ def _numpy_scalar(obj: object) -> object:
     raise TypeError(f"{type(obj).__name__} is not JSON serializable")
 
 
-def _loads(key: str, data: bytes) -> object:
+def loads_json(key: str, data: bytes) -> object:
+    """The strict JSON value of `data` read at `key` (NaN, infinity and bad UTF-8 are CorruptValue)."""
     def refuse(name: str) -> float:
         raise CorruptValue(f"{name} in the JSON at {key!r}")
 

@@ -192,6 +192,35 @@ class DynamoStore(Store):
         for key, value in checked.items():
             self.put(key, value)
 
+    def put_many_if(self, items: Mapping[str, bytes], expect: Mapping[str, bytes | None]) -> bool:
+        """Store `items` if every key of `expect` holds its value (None: absent): one TransactWriteItems."""
+        checked, wanted = self.check_guarded(items, expect)
+        if len(checked) + len(wanted) > TRANSACT_ITEMS:
+            raise ValueError(f"a guarded write has at most {TRANSACT_ITEMS} keys")
+
+        def condition(key: str) -> dict:
+            value = wanted[key]
+            if value is None:  # an expired value counts as present: guarded keys never have a TTL
+                return {"ConditionExpression": "attribute_not_exists(k)"}
+            return {"ConditionExpression": "v = :v", "ExpressionAttributeValues": {":v": {"B": value}}}
+
+        writes = [{"Put": {"TableName": self.table, "Item": self._items(k, v, None)[0],
+                           **(condition(k) if k in wanted else {})}} for k, v in checked.items()]
+        writes += [{"ConditionCheck": {"TableName": self.table, "Key": {"k": {"S": k}}, **condition(k)}}
+                   for k in wanted if k not in checked]
+        self._require_open()
+        try:
+            self._client.transact_write_items(TransactItems=writes)
+        except bex.ClientError as exc:
+            reasons = exc.response.get("CancellationReasons") or []
+            if exc.response.get("Error", {}).get("Code") == "TransactionCanceledException" and any(
+                    r.get("Code") == "ConditionalCheckFailed" for r in reasons):
+                return False
+            raise self._translate("TransactWriteItems", exc) from None
+        except (bex.EndpointConnectionError, bex.ConnectTimeoutError, bex.ReadTimeoutError, bex.BotoCoreError) as exc:
+            raise StoreUnavailable(self.url, f"{type(exc).__name__}: {exc}") from None
+        return True
+
     def close(self) -> None:
         """Release the client; the store is unusable afterwards."""
         if not self._closed:

@@ -19,6 +19,26 @@ class StoreUnavailable(StoreError):
         super().__init__(f"{msg}: {detail}" if detail else msg)
 
 
+class StoreRefused(StoreError):
+    """The store is up but refuses writes (out of memory, read-only, disk full): retrying cannot help."""
+
+    def __init__(self, url: str, detail: str) -> None:
+        self.url = redact_url(url)
+        super().__init__(f"the parameter store at {self.url} refused a write: {detail}")
+
+
+class RunDataLost(StoreError):
+    """The store no longer holds a running run's manifest (or lease): it lost the run's data."""
+
+
+class LeaseHeld(StoreError):
+    """Another driver holds the run's lease: this one may not drive the run."""
+
+
+class LeaseLost(StoreError):
+    """This driver's lease was taken over by another driver: it must stop without committing."""
+
+
 class UnknownScheme(StoreError):
     """The URL's scheme names no store backend."""
 

@@ -6,6 +6,7 @@ exist: the array layout keeps meta at KEY and chunks at KEY/c0, KEY/c1, ...  Eac
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import struct
 import tempfile
@@ -21,6 +22,7 @@ _HEADER = struct.Struct("<4sB3xd")  # magic, format version, padding, expiry in 
 _MAGIC = b"CFKV"
 _VERSION = 1
 _PUT_ATTEMPTS = 5
+LOCK_FILE = ".lock"  # no key file: those end with SUFFIX
 
 
 def _path_of_url(url: str) -> str:
@@ -123,6 +125,26 @@ class FileStore(Store):
         header = _HEADER.pack(_MAGIC, _VERSION, 0.0)
         for path, key, value in checked:
             self._write(key, path, header + value)
+
+    def put_many_if(self, items: Mapping[str, bytes], expect: Mapping[str, bytes | None]) -> bool:
+        """Store `items` if every key of `expect` holds its value (None: absent), under the directory's lock.
+
+        Every process sharing the directory takes the same lock file, so check and writes are one step.
+        """
+        checked, wanted = self.check_guarded(items, expect)
+        self._require_open()
+        try:
+            lock = os.open(os.path.join(self.root, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise StoreUnavailable(self.url, "cannot open the store's lock file") from exc
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if any(self.get(k) != v for k, v in wanted.items()):
+                return False
+            self.put_many(checked)
+            return True
+        finally:
+            os.close(lock)  # closing releases the lock
 
     def close(self) -> None:
         """Mark the store closed; it holds no open files between calls."""

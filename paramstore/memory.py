@@ -64,6 +64,17 @@ class MemoryStore(Store):
             self._require_open()
             self._data.update((k, (v, None)) for k, v in checked.items())
 
+    def put_many_if(self, items: Mapping[str, bytes], expect: Mapping[str, bytes | None]) -> bool:
+        """Store `items` if every key of `expect` holds its value (None: absent), under the lock."""
+        checked, wanted = self.check_guarded(items, expect)
+        with self._lock:
+            self._require_open()
+            now = time.monotonic()
+            if any(self._live(k, now) != v for k, v in wanted.items()):
+                return False
+            self._data.update((k, (v, None)) for k, v in checked.items())
+            return True
+
     def close(self) -> None:
         """Drop the data; the store is unusable afterwards."""
         with self._lock:

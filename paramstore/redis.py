@@ -5,6 +5,8 @@ pieces, since redis-py's default 64 KB reads make a 1 MB GET several times slowe
 """
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Mapping
 from urllib.parse import parse_qsl, urlsplit
 
@@ -13,10 +15,33 @@ import redis.exceptions as rex
 
 from broker.schemes import redact_url
 from paramstore.base import Store
-from paramstore.errors import StoreError, StoreUnavailable
+from paramstore.errors import StoreError, StoreRefused, StoreUnavailable
+
+log = logging.getLogger(__name__)
 
 SOCKET_READ_SIZE = 1 << 20
 _SCAN_COUNT = 1000
+OUTAGE_SECONDS = 60.0  # how long a lost connection is retried before the store counts as gone
+# KEYS: the n guarded keys, then the keys to write; ARGV: n, a presence flag and value per guarded key,
+# then the values to write
+_PUT_MANY_IF = """
+local n = tonumber(ARGV[1])
+for i = 1, n do
+  local v = redis.call('GET', KEYS[i])
+  if ARGV[2 * i] == '0' then
+    if v then return 0 end
+  elseif v ~= ARGV[2 * i + 1] then
+    return 0
+  end
+end
+for j = n + 1, #KEYS do
+  redis.call('SET', KEYS[j], ARGV[2 * n + 1 + j - n])
+end
+return 1
+"""
+# the first word of a refusal, and what it means to whoever reads the error line
+_REFUSALS = {"OOM": "it is out of memory (maxmemory)", "READONLY": "it is a read-only replica",
+             "MISCONF": "it cannot save to its disk", "NOPERM": "the user lacks the permission"}
 
 
 class RedisStore(Store):
@@ -28,6 +53,7 @@ class RedisStore(Store):
         try:
             timeout = float(query.pop("timeout", 30))
             retries = int(query.pop("retries", 3))
+            self.outage = float(query.pop("outage", OUTAGE_SECONDS))
         except ValueError as exc:
             raise StoreError(f"bad store URL {redact_url(url)!r}: {exc}") from None
         base = url.split("?", 1)[0]
@@ -39,18 +65,28 @@ class RedisStore(Store):
                 retry_on_error=[rex.ConnectionError, rex.TimeoutError])
         except (ValueError, TypeError) as exc:
             raise StoreError(f"bad store URL {redact_url(url)!r}: {exc}") from None
-        self._call(self._client.ping)
+        self._put_many_if = self._client.register_script(_PUT_MANY_IF)
+        self._call(self._client.ping, retry=False)
 
-    def _call(self, fn, *args, **kwargs):
+    def _call(self, fn, *args, retry: bool = True, **kwargs):
+        """fn(*args, **kwargs), a lost connection retried for `outage` seconds; errors become StoreErrors."""
         self._require_open()
-        try:
-            return fn(*args, **kwargs)
-        except (rex.ConnectionError, rex.TimeoutError, OSError) as exc:
-            raise StoreUnavailable(self.url, f"{type(exc).__name__}: {redact_url(str(exc))}") from None
-        except rex.ResponseError as exc:
-            raise StoreError(f"{redact_url(self.url)} refused the request: {exc}") from None
-        except rex.RedisError as exc:
-            raise StoreUnavailable(self.url, type(exc).__name__) from None
+        deadline, delay = time.monotonic() + self.outage, 0.2
+        while True:
+            try:
+                return fn(*args, **kwargs)
+            except (rex.ConnectionError, rex.TimeoutError, OSError) as exc:
+                if isinstance(exc, rex.AuthenticationError):  # retrying a wrong password cannot help
+                    raise StoreError(f"{redact_url(self.url)} refused the password") from None
+                if not retry or time.monotonic() + delay > deadline:
+                    raise StoreUnavailable(self.url, f"{type(exc).__name__}: {redact_url(str(exc))}") from None
+                log.warning("store %s unreachable (%s); retrying", redact_url(self.url), type(exc).__name__)
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+            except rex.ResponseError as exc:
+                raise _refusal(self.url, exc) from None
+            except rex.RedisError as exc:
+                raise StoreUnavailable(self.url, type(exc).__name__) from None
 
     def get(self, key: str) -> bytes | None:
         """The bytes stored at `key`, or None if it is missing or expired."""
@@ -90,8 +126,38 @@ class RedisStore(Store):
                 pipe.execute()
         self._call(run)
 
+    def put_many_if(self, items: Mapping[str, bytes], expect: Mapping[str, bytes | None]) -> bool:
+        """Store `items` if every key of `expect` holds its value (None: absent): one Lua script, atomic."""
+        checked, wanted = self.check_guarded(items, expect)
+        keys = [*wanted, *checked]
+        args: list = [len(wanted)]
+        for value in wanted.values():
+            args += ["0", ""] if value is None else ["1", value]
+        args += list(checked.values())
+        attempts = []
+
+        def run() -> bool:
+            attempts.append(1)
+            if self._put_many_if(keys=keys, args=args):
+                return True
+            # the reply of an earlier attempt may have been lost after the script ran: then the items are there
+            return len(attempts) > 1 and bool(checked) and self._client.mget(list(checked)) == list(checked.values())
+        return self._call(run)
+
     def close(self) -> None:
         """Close the connection pool; the store is unusable afterwards."""
         if not self._closed:
             self._closed = True
             self._client.close()
+
+
+def _refusal(url: str, exc: rex.ResponseError) -> StoreError:
+    """A readable StoreError for a refusal: the server's reason only, never the command's arguments (bytes)."""
+    text = str(exc)
+    # a refused pipeline names its command with every argument: weights, in a checkpoint write
+    text = text.rsplit("caused error: ", 1)[-1].splitlines()[0] if text else type(exc).__name__
+    text = text.encode("ascii", "replace").decode()[:200]
+    word = text.split(" ", 1)[0]
+    if word in _REFUSALS:
+        return StoreRefused(url, f"{_REFUSALS[word]} ({word})")
+    return StoreError(f"{redact_url(url)} refused the request: {text}")

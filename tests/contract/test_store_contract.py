@@ -15,6 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from paramstore.errors import LeaseHeld, LeaseLost, RunDataLost
+from paramstore.lease import Lease
 from paramstore import (
     CheckpointError,
     Checkpoints,
@@ -169,6 +171,38 @@ def test_put_many(store, ns):
     with pytest.raises(InvalidKey):  # checked before anything is written
         store.put_many({ns + "ok": b"1", ns + "../bad": b"2"})
     assert store.get(ns + "ok") is None
+
+
+def test_put_many_if_is_a_compare_and_set(store, ns):
+    a, b = ns + "guard", ns + "other"
+    assert store.put_many_if({a: b"1", b: b"x"}, {a: None})  # create
+    assert not store.put_many_if({a: b"2"}, {a: None})  # exists already
+    assert not store.put_many_if({a: b"2", b: b"y"}, {a: b"0"})  # wrong value: nothing written
+    assert (store.get(a), store.get(b)) == (b"1", b"x")
+    assert store.put_many_if({a: b"2", b: b"y"}, {a: b"1"})
+    assert (store.get(a), store.get(b)) == (b"2", b"y")
+    assert store.put_many_if({b: b"z"}, {a: b"2", ns + "absent": None})  # a guard that is not written
+    assert not store.put_many_if({b: b"w"}, {a: b"2", ns + "absent-too": b"?"})
+    assert store.get(b) == b"z"
+    store.delete(a)
+    assert not store.put_many_if({b: b"v"}, {a: b"2"})  # a vanished guard is no match
+    with pytest.raises(InvalidKey):
+        store.put_many_if({ns + "../bad": b"1"}, {a: None})
+
+
+def test_put_many_if_has_one_winner_among_threads(store, ns):
+    key, wins = ns + "lease", []
+
+    def contender(t):
+        if store.put_many_if({key: str(t).encode()}, {key: None}):
+            wins.append(t)
+
+    threads = [threading.Thread(target=contender, args=(t,)) for t in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(wins) == 1 and store.get(key) == str(wins[0]).encode()
 
 
 def test_json_round_trip(store, ns):
@@ -549,3 +583,33 @@ def test_runs_are_isolated(store, ns):
         b.read_rows(1, 1, 0, 1, ["W"])
     for key in store.keys(f"cuttlefish/{a.run_id}/"):
         store.delete(key)
+
+
+def test_one_driver_holds_a_run_and_a_superseded_one_cannot_write(store, ns):
+    run, guarded = ns.rstrip("/") + "lease", ns + "manifest"
+    first = Lease(store, run, ttl=30)
+    assert first.acquire() == 1
+    assert first.put_guarded({guarded: b"1"}, {guarded: None})
+    with pytest.raises(LeaseHeld, match="second driver is refused"):
+        Lease(store, run, ttl=30).acquire()
+    t0 = time.monotonic()
+    with pytest.raises(LeaseHeld):  # a resuming driver watching a lease that its live holder renews
+        waiter = Lease(store, run, ttl=30)
+        threading.Timer(0.3, first.renew).start()
+        waiter.acquire(wait=5)
+    assert time.monotonic() - t0 < 3
+    first.renew()
+    # the holder stops renewing (paused, partitioned): once the lease has expired another driver takes it
+    store.put(first.key, store.get(first.key).replace(b'"expires":', b'"expires":1,"was":'))
+    second = Lease(store, run, ttl=30)
+    assert second.acquire() == 2
+    assert not first.put_guarded({guarded: b"stale"}, {guarded: b"1"})
+    assert not first.held() and isinstance(first.why_lost(), LeaseLost)
+    assert "token 1" in str(first.why_lost()) and "token 2" in str(first.why_lost())
+    with pytest.raises(LeaseLost):
+        first.renew()
+    assert second.put_guarded({guarded: b"2"}, {guarded: b"1"}) and store.get(guarded) == b"2"
+    second.release()
+    assert Lease(store, run, ttl=30).acquire() == 3  # released: taken at once, the token still grows
+    store.delete(first.key)  # the store lost the run's data
+    assert isinstance(second.why_lost(), RunDataLost)

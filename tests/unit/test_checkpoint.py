@@ -212,3 +212,21 @@ def test_closed_store_refuses_use(tmp_path):
             store.put("k", b"v")
         with pytest.raises(StoreError):
             store.get("k")
+
+
+def test_a_redis_refusal_names_the_store_and_shows_no_bytes():
+    import redis.exceptions as rex
+
+    from paramstore.errors import StoreRefused
+    from paramstore.redis import _refusal
+
+    exc = rex.ResponseError("Command # 1 (MSET cuttlefish/r/ckpt/0000000001/L1/0-3/W/c0 b'\\x00\\x01\\xfe\\xff' "
+                            "k2 b'\\x07') of pipeline caused error: OOM command not allowed when used memory > "
+                            "'maxmemory'.")
+    err = _refusal("redis://:secret@db:6379/0", exc)
+    assert isinstance(err, StoreRefused)
+    assert str(err) == ("the parameter store at redis://:***@db:6379/0 refused a write: "
+                        "it is out of memory (maxmemory) (OOM)")
+    other = _refusal("redis://db:6379/0", rex.ResponseError("Command # 2 (SET k b'\\x00') of pipeline caused error: "
+                                                            "WRONGTYPE Operation against a key"))
+    assert "\\x00" not in str(other) and "WRONGTYPE" in str(other)
