@@ -12,7 +12,7 @@ from broker.errors import (
     QueueNotDeclared,
     UnknownScheme,
 )
-from broker.schemes import Backend, SchemeErrors, load_backend, redact_url
+from broker.schemes import Backend, SchemeErrors, install_hint, load_backend, redact_url
 
 # scheme -> (module, class, pip extra or None); imported only when used
 BACKENDS = MappingProxyType({
@@ -30,7 +30,7 @@ _ERRORS = SchemeErrors(
         f"unknown broker URL scheme in {redact_url(url)!r}; known: {', '.join(f'{s}://' for s in BACKENDS)}"),
     not_included=lambda scheme: UnknownScheme(f"the {scheme}:// broker is not part of this version of cuttlefish"),
     missing_extra=lambda scheme, package, extra: MissingExtra(
-        f"the {scheme}:// broker needs the {package} package: pip install 'cuttlefish[{extra}]'"),
+        f"the {scheme}:// broker needs the {package} package: {install_hint(package, extra)}"),
 )
 
 

@@ -35,6 +35,14 @@ def redact_url(url: str) -> str:
     return _SECRET_PARAM.sub(r"\1***", url)
 
 
+def install_hint(package: str, extra: str) -> str:
+    """How to install a missing driver: the package itself, or this project's extra from its checkout.
+
+    Not `pip install 'cuttlefish[extra]'`: that name on the public index belongs to an unrelated project.
+    """
+    return f"pip install {package} (or, in the Cuttlefish checkout, pip install -e '.[{extra}]')"
+
+
 class Backend(NamedTuple):
     """Where the backend of one scheme lives, and the pip extra that installs its driver (None: no driver)."""
 

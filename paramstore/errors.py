@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from broker.schemes import redact_url
+from broker.schemes import install_hint, redact_url
 
 
 class StoreError(Exception):
@@ -54,7 +54,7 @@ class MissingExtra(StoreError):
     def __init__(self, scheme: str, package: str, extra: str) -> None:
         self.scheme, self.package, self.extra = scheme, package, extra
         super().__init__(
-            f"the {scheme}:// store needs the {package} package: pip install 'cuttlefish[{extra}]'"
+            f"the {scheme}:// store needs the {package} package: {install_hint(package, extra)}"
         )
 
 

@@ -85,7 +85,7 @@ def moto_endpoint(_services) -> str:
     try:
         import moto.server  # noqa: F401
     except ImportError:
-        require(False, "the AWS tests need moto[server] (pip install 'cuttlefish[test]')")
+        require(False, "the AWS tests need moto[server] (pip install -e '.[test]' in the checkout)")
     return _services.enter_context(services.moto_server())
 
 

@@ -23,7 +23,7 @@ def docker_problem() -> str | None:
     try:
         import docker
     except ImportError:
-        return "the docker package is not installed (pip install 'cuttlefish[test]')"
+        return "the docker package is not installed (pip install -e '.[test]' in the checkout)"
     try:
         client = docker.from_env()
         client.ping()

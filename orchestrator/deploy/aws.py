@@ -10,6 +10,7 @@ import logging
 import os
 import time
 
+from broker.schemes import install_hint
 from orchestrator.errors import OrchestratorError
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ class EcsDeployer:
             import botocore.config
             import botocore.exceptions
         except ImportError as exc:
-            raise OrchestratorError("deploying to ECS needs boto3: pip install 'cuttlefish[aws]'") from exc
+            raise OrchestratorError(f"deploying to ECS needs boto3: {install_hint('boto3', 'aws')}") from exc
         self._errors = botocore.exceptions
         attempts = os.environ.get("AWS_MAX_ATTEMPTS", "8")
         config = botocore.config.Config(retries={"mode": "standard",

@@ -105,7 +105,8 @@ def test_missing_driver_gives_pip_hint(tmp_path, monkeypatch, url, module, drive
         open_store(url)
     scheme = url.partition(":")[0]
     assert str(info.value) == (
-        f"the {scheme}:// store needs the {driver} package: pip install 'cuttlefish[{extra}]'")
+        f"the {scheme}:// store needs the {driver} package: pip install {driver} "
+        f"(or, in the Cuttlefish checkout, pip install -e '.[{extra}]')")
     assert f"paramstore.{module}" not in sys.modules
 
 
