@@ -58,7 +58,7 @@ build "$PYTHON_TAG" compose/images/python.Dockerfile --build-arg BASE_IMAGE="$BA
 build "$RABBITMQ_TAG" compose/images/rabbitmq.Dockerfile --build-arg BASE_IMAGE="$BASE_TAG"
 build "$REDIS_TAG" compose/images/redis.Dockerfile --build-arg BASE_IMAGE="$BASE_TAG"
 # The neuron image is rebuilt whenever asked for, since the code changes; its layers are cached.
-FORCE=1 build "$NEURON_TAG" Dockerfile --build-arg PYTHON_IMAGE="$PYTHON_TAG"
+FORCE=1 build "$NEURON_TAG" compose/Dockerfile --build-arg PYTHON_IMAGE="$PYTHON_TAG"
 
 cat > compose/local-images.env <<ENV
 CUTTLEFISH_PYTHON_IMAGE=$PYTHON_TAG

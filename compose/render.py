@@ -6,10 +6,12 @@ plain compose-spec YAML that both `docker compose` (v2) and `docker-compose` (v1
 """
 from __future__ import annotations
 
+import copy
 import os
 
 import yaml
 
+from compose.context import DOCKERFILE
 from neuron.topology import Topology
 
 # the password goes into URLs unescaped, so it must be URL-safe: letters, digits, . _ ~ -
@@ -33,13 +35,21 @@ def _healthy() -> dict:
     return {"rabbitmq": {"condition": "service_healthy"}, "redis": {"condition": "service_healthy"}}
 
 
-def _runtime(build_context: str) -> dict:
+def runtime(*, build_context: str | None = None, image: str | None = None) -> dict:
+    """How every runtime service gets its image: `image` as given, or NEURON_IMAGE built from `build_context`."""
+    if image:
+        return {"image": image}
     # every runtime service names the same image and how to build it, so `up` works with no registry
-    return {"image": NEURON_IMAGE, "build": {"context": build_context, "args": {"PYTHON_IMAGE": PYTHON_IMAGE}}}
+    return {"image": NEURON_IMAGE, "build": {"context": build_context or ".", "dockerfile": DOCKERFILE,
+                                             "args": {"PYTHON_IMAGE": PYTHON_IMAGE}}}
 
 
-def render(topo: Topology, deploy, *, config_path: str, build_context: str = ".") -> dict:
-    """The compose document (a dict) for training `topo`; paths are relative to the compose file's folder."""
+def render(topo: Topology, deploy, *, config_path: str, image: dict | None = None) -> dict:
+    """The compose document (a dict) for training `topo`; paths are relative to the compose file's folder.
+
+    `image` is the runtime services' image and build keys (see `runtime`), by default built from ".".
+    """
+    image = image or runtime()
     services: dict[str, dict] = {
         "rabbitmq": {
             "image": RABBITMQ_IMAGE,
@@ -66,7 +76,7 @@ def render(topo: Topology, deploy, *, config_path: str, build_context: str = "."
                   "OPENBLAS_NUM_THREADS": "1", "CUTTLEFISH_LOG_LEVEL": "WARNING"}
     for role in topo.roles():
         service = {
-            **_runtime(build_context),
+            **copy.deepcopy(image),
             "command": ["python3", "-m", "neuron"],
             "environment": {**common_env, **role.env()},
             "depends_on": _healthy(),
@@ -79,7 +89,7 @@ def render(topo: Topology, deploy, *, config_path: str, build_context: str = "."
             service["mem_limit"] = f"{memory}m"
         services[role.compose_service] = service
     services["driver"] = {
-        **_runtime(build_context),
+        **copy.deepcopy(image),
         "command": ["python3", "-m", "orchestrator", "train", CONFIG_IN_CONTAINER, "--target", "external",
                     "--run-id", topo.run_id, "--resume-or-start",
                     "--save-model", "/out/model.npz", "--metrics", "/out/metrics.jsonl", "--plot", "/out/training.svg"],
@@ -106,11 +116,10 @@ def relative(path: str, start: str) -> str:
     return rel if rel == "." or rel.startswith("..") else f"./{rel}"
 
 
-def compose_file(topo: Topology, deploy, config_file: str, folder: str) -> tuple[dict, str]:
+def compose_file(topo: Topology, deploy, config_file: str, folder: str, image: dict) -> tuple[dict, str]:
     """(document, YAML text) of the compose file for `topo`, to be written into `folder`.
 
-    Paths in it (the config and the build context, this repository) are relative to that folder.
+    The config's path, and the build context in `image` (see `runtime`), are given relative to that folder.
     """
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    document = render(topo, deploy, config_path=relative(config_file, folder), build_context=relative(root, folder))
+    document = render(topo, deploy, config_path=relative(config_file, folder), image=image)
     return document, dump(document, os.path.relpath(config_file, folder))

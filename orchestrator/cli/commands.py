@@ -3,14 +3,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import filecmp
 import logging
 import os
+import shutil
 import sys
 from urllib.parse import urlsplit
 
 from broker import BACKENDS as BROKERS
 from broker.errors import BrokerError
 from broker.schemes import redact_url
+from compose import context as compose_context
 from neuron.errors import NeuronError
 from neuron.kernels import HIDDEN_ACTIVATIONS
 from neuron.topology import RUN_ID
@@ -37,7 +40,8 @@ EXIT_USAGE = 2
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m orchestrator", description="Cuttlefish: train a YAML network as message-passing neurons.")
+    prog = "cuttlefish" if os.path.basename(sys.argv[0]) == "cuttlefish" else "python -m orchestrator"
+    p = argparse.ArgumentParser(prog=prog, description="Cuttlefish: train a YAML network as message-passing neurons.")
     sub = p.add_subparsers(dest="command", required=True)
 
     plan = sub.add_parser("plan", help="show the neurons a config is split into")
@@ -72,6 +76,10 @@ def _parser() -> argparse.ArgumentParser:
     dep.add_argument("--run-id", help="run id the services train (default: cf-<config name>)")
     dep.add_argument("--region", help="ecs: AWS region (default: the config's ecs.region)")
     dep.add_argument("--dry-run", action="store_true", help="ecs: print the plan as JSON and call nothing")
+    dep.add_argument("--image", help="compose: run this prebuilt runtime image instead of building one")
+    dep.add_argument("--build-context", metavar="DIR",
+                     help="compose: build the runtime image from this folder (default: this checkout; installed "
+                          "from a wheel, a copy written next to the compose file)")
 
     down = sub.add_parser("teardown", help="remove what deploy created")
     down.add_argument("config")
@@ -104,6 +112,10 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("config")
     ev.add_argument("--model", required=True)
     ev.add_argument("--data")
+
+    ex = sub.add_parser("examples", help="list the example configs, or copy them into a folder")
+    ex.add_argument("folder", nargs="?", help="copy the examples into this folder (made if missing)")
+    ex.add_argument("--force", action="store_true", help="overwrite example files that differ")
 
     pr = sub.add_parser("predict", help="print the digit of each image")
     pr.add_argument("--model", required=True)
@@ -218,9 +230,30 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_examples(args: argparse.Namespace) -> int:
+    folder = compose_context.examples_dir()
+    if folder is None:
+        raise OrchestratorError("this installation has no example configs (reinstall the package)")
+    names = sorted(n for n in os.listdir(folder) if n.endswith(".yaml"))
+    if not args.folder:
+        print(f"# in {folder}; `examples DIR` copies them")
+        print("\n".join(names))
+        return 0
+    os.makedirs(args.folder, exist_ok=True)
+    clashes = [n for n in names if os.path.exists(os.path.join(args.folder, n))
+               and not filecmp.cmp(os.path.join(folder, n), os.path.join(args.folder, n), shallow=False)]
+    if clashes and not args.force:
+        raise ConfigError("examples", f"{', '.join(clashes)} in {args.folder} differ from the shipped examples; "
+                                      "--force overwrites them")
+    for name in names:
+        shutil.copyfile(os.path.join(folder, name), os.path.join(args.folder, name))
+    print(f"copied {len(names)} example configs to {args.folder}", file=sys.stderr)
+    return 0
+
+
 COMMANDS = {"plan": _cmd_plan, "deploy": operations.cmd_deploy, "teardown": operations.cmd_teardown,
             "status": operations.cmd_status, "scale": operations.cmd_scale, "train": _cmd_train,
-            "evaluate": _cmd_evaluate, "predict": _cmd_predict}
+            "evaluate": _cmd_evaluate, "predict": _cmd_predict, "examples": _cmd_examples}
 
 
 def main(argv: list[str] | None = None) -> int:

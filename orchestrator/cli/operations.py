@@ -13,6 +13,7 @@ import time
 from urllib.parse import urlsplit
 
 from broker import connect as connect_broker
+from compose import context as compose_context
 from compose import render as compose_render
 from neuron.topology import RUN_ID, Topology
 from orchestrator.config import Config, load_config
@@ -73,7 +74,8 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     if not os.path.isdir(folder):
         raise ConfigError("--output", f"folder {folder} does not exist")
     topo = build_plan(config, run_id)
-    _, text = compose_render.compose_file(topo, config.deploy, args.config, folder)
+    _, text = compose_render.compose_file(topo, config.deploy, args.config, folder,
+                                          _compose_image(args, folder, write=args.output != "-"))
     if args.output == "-":
         sys.stdout.write(text)
     else:
@@ -82,6 +84,30 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         print(f"wrote {args.output}: {len(topo.neurons())} neurons, the loss head, rabbitmq, redis, driver",
               file=sys.stderr)
     return 0
+
+
+def _compose_image(args: argparse.Namespace, folder: str, *, write: bool) -> dict:
+    """The runtime image of a compose file in `folder`: --image, else built from --build-context or this checkout.
+
+    Installed from a wheel there is no checkout: the build context is written to `folder`/cuttlefish-build.
+    """
+    if args.image:
+        return compose_render.runtime(image=args.image)
+    context = args.build_context or compose_context.checkout_root()
+    if context is None:
+        context = os.path.join(folder, "cuttlefish-build")
+        if write:
+            try:
+                compose_context.write_context(context)
+            except FileExistsError as exc:
+                raise ConfigError("--build-context", f"{exc}; name another with --build-context or use --image") from None
+            print(f"wrote the image's build context to {context}", file=sys.stderr)
+        else:
+            print(f"note: the image's build context {context} is written only with -o FILE "
+                  "(or give --image or --build-context)", file=sys.stderr)
+    elif not os.path.isfile(os.path.join(context, compose_context.DOCKERFILE)):
+        raise ConfigError("--build-context", f"{context} has no {compose_context.DOCKERFILE}")
+    return compose_render.runtime(build_context=compose_render.relative(context, folder))
 
 
 def cmd_scale(args: argparse.Namespace) -> int:

@@ -7,7 +7,9 @@ from __future__ import annotations
 import os
 import subprocess
 
-from compose import render
+import yaml
+
+from compose import context, render
 from neuron.topology import Topology
 from orchestrator.config import load_config
 from orchestrator.errors import ConfigError, OrchestratorError
@@ -35,7 +37,13 @@ def apply_layer(compose_file: str, config_file: str, topo: Topology, layer: int)
     """Rewrite the compose file for `topo`'s split and bring `layer`'s services in line; others untouched."""
     config = load_config(config_file)
     folder = os.path.dirname(os.path.abspath(compose_file))
-    _, text = render.compose_file(topo, config.deploy, config_file, folder)
+    with open(compose_file, encoding="utf-8") as fh:
+        driver = (yaml.safe_load(fh) or {}).get("services", {}).get("driver", {})
+    # keep the file's image and build context, however its deploy chose them
+    image = {key: driver[key] for key in ("image", "build") if key in driver}
+    if not image:
+        image = render.runtime(build_context=render.relative(context.checkout_root() or ".", folder))
+    _, text = render.compose_file(topo, config.deploy, config_file, folder, image)
     with open(compose_file, "w", encoding="utf-8") as fh:
         fh.write(text)
     services = [role.compose_service for role in topo.neurons() if role.layer == layer]
