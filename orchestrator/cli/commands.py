@@ -74,7 +74,8 @@ def _parser() -> argparse.ArgumentParser:
     dep.add_argument("--target", choices=("compose", "ecs"), required=True)
     dep.add_argument("-o", "--output", default="docker-compose.yml", help="compose: file to write ('-' for standard output)")
     dep.add_argument("--run-id", help="run id the services train (default: cf-<config name>)")
-    dep.add_argument("--region", help="ecs: AWS region (default: the config's ecs.region)")
+    dep.add_argument("--region", help="ecs: AWS region (default: the config's ecs.region, else AWS_REGION, "
+                                     "AWS_DEFAULT_REGION or the AWS profile's region)")
     dep.add_argument("--dry-run", action="store_true", help="ecs: print the plan as JSON and call nothing")
     dep.add_argument("--image", help="compose: run this prebuilt runtime image instead of building one")
     dep.add_argument("--build-context", metavar="DIR",

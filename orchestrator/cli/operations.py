@@ -19,7 +19,7 @@ from neuron.topology import RUN_ID, Topology
 from orchestrator.config import Config, load_config
 from orchestrator.config.plan import build_plan
 from orchestrator.deploy import compose
-from orchestrator.deploy.aws import EcsDeployer
+from orchestrator.deploy.aws import EcsDeployer, configured_region
 from orchestrator.deploy.ecs import ecs_plan
 from orchestrator.deploy.status import find_run, format_status, run_status
 from orchestrator.errors import ConfigError, OrchestratorError
@@ -51,7 +51,8 @@ def _ecs(args: argparse.Namespace) -> tuple[dict, object]:
     config = config_of(args)
     with open(args.config, encoding="utf-8") as fh:
         text = fh.read()
-    plan = ecs_plan(config, build_plan(config, _deploy_run_id(args)), text, region=args.region)
+    region = args.region or config.ecs.region or configured_region()
+    plan = ecs_plan(config, build_plan(config, _deploy_run_id(args)), text, region=region)
     return plan, (None if getattr(args, "dry_run", False) else EcsDeployer(plan["region"]))
 
 

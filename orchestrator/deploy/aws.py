@@ -6,9 +6,11 @@ OrchestratorError naming the call, the AWS error code and its message.
 """
 from __future__ import annotations
 
+import configparser
 import logging
 import os
 import time
+from collections.abc import Mapping
 
 from broker.schemes import install_hint
 from orchestrator.errors import OrchestratorError
@@ -18,6 +20,28 @@ log = logging.getLogger(__name__)
 # the container-definition fields the plan sets; AWS adds defaults to the rest, which must not count as changes
 _CONTAINER_KEYS = ("name", "image", "command", "environment", "secrets", "logConfiguration", "portMappings")
 _TASK_KEYS = ("cpu", "memory", "networkMode", "requiresCompatibilities", "executionRoleArn", "taskRoleArn")
+
+
+def configured_region(environ: Mapping[str, str] | None = None) -> str | None:
+    """The region the standard AWS configuration names, as the SDKs find it, or None.
+
+    AWS_REGION, then AWS_DEFAULT_REGION, then `region` of the profile (AWS_PROFILE, else AWS_DEFAULT_PROFILE,
+    else default) in the config file (AWS_CONFIG_FILE, else ~/.aws/config). Read without boto3, so that
+    --dry-run works where it is not installed.
+    """
+    env = os.environ if environ is None else environ
+    for var in ("AWS_REGION", "AWS_DEFAULT_REGION"):
+        if env.get(var):
+            return env[var]
+    profile = env.get("AWS_PROFILE") or env.get("AWS_DEFAULT_PROFILE") or "default"
+    path = env.get("AWS_CONFIG_FILE") or os.path.join(os.path.expanduser("~"), ".aws", "config")
+    parser = configparser.RawConfigParser()
+    try:
+        parser.read(os.path.expanduser(path), encoding="utf-8")
+    except configparser.Error as exc:
+        raise OrchestratorError(f"cannot read the AWS config file {path}: {exc}") from exc
+    section = profile if profile == "default" else f"profile {profile}"
+    return parser.get(section, "region", fallback=None) or None
 
 
 class AwsError(OrchestratorError):

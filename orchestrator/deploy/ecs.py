@@ -12,17 +12,36 @@ from neuron.topology import Topology
 from orchestrator.config import Config
 from orchestrator.errors import ConfigError
 
-# Fargate's valid cpu units and, for each, the smallest memory (MiB) it accepts
-FARGATE_CPU = {256: 512, 512: 1024, 1024: 2048, 2048: 4096, 4096: 8192}
+# Fargate's task sizes: cpu units -> (smallest, largest, step) of the memory (MiB) it accepts with them
+FARGATE_SIZES = {256: (512, 2048, 512), 512: (1024, 4096, 1024), 1024: (2048, 8192, 1024),
+                 2048: (4096, 16384, 1024), 4096: (8192, 30720, 1024), 8192: (16384, 61440, 4096),
+                 16384: (32768, 122880, 8192)}
+_256_MEMORY = (512, 1024, 2048)  # 0.25 vCPU takes exactly these
 
 
-def _sizing(cpus: float | None, memory_mb: int | None, fargate: bool) -> tuple[str, str]:
-    units = max(256, round((cpus or 0.25) * 1024))
-    memory = memory_mb or 512
-    if fargate:
-        units = next((u for u in sorted(FARGATE_CPU) if u >= units), 4096)
-        memory = max(memory, FARGATE_CPU[units])
-    return str(units), str(memory)
+def fargate_size(cpus: float | None, memory_mb: int | None) -> tuple[int, int]:
+    """The smallest valid Fargate (cpu units, memory MiB) with at least `cpus` vCPUs and `memory_mb`; ValueError if none."""
+    units = round((cpus or 0.25) * 1024)
+    memory = memory_mb or 0
+    for cpu, (low, high, step) in sorted(FARGATE_SIZES.items()):
+        if cpu < units or memory > high:
+            continue
+        if cpu == 256:
+            return cpu, next(m for m in _256_MEMORY if m >= memory)
+        return cpu, max(low, low + -(-(memory - low) // step) * step)
+    biggest, (_, most, _) = max(FARGATE_SIZES.items())
+    raise ValueError(f"{cpus or 0.25} vCPUs with {memory} MiB is more than Fargate's largest task "
+                     f"({biggest // 1024} vCPUs, {most} MiB)")
+
+
+def _sizing(cpus: float | None, memory_mb: int | None, fargate: bool, path: str) -> tuple[str, str]:
+    if not fargate:
+        return str(max(256, round((cpus or 0.25) * 1024))), str(memory_mb or 512)
+    try:
+        cpu, memory = fargate_size(cpus, memory_mb)
+    except ValueError as exc:
+        raise ConfigError(path, str(exc)) from None
+    return str(cpu), str(memory)
 
 
 def _check(config: Config, region: str | None) -> str:
@@ -30,7 +49,8 @@ def _check(config: Config, region: str | None) -> str:
     region = region or ecs.region
     problems = []
     if not region:
-        problems.append(("ecs.region", "is needed (or --region)"))
+        problems.append(("ecs.region", "is needed: set it, give --region, or configure AWS "
+                                       "(AWS_REGION, AWS_DEFAULT_REGION or the profile's region)"))
     if not ecs.image:
         problems.append(("ecs.image", "names the neuron image in a registry ECS can pull from"))
     if ecs.launch_type == "FARGATE" and not ecs.subnets:
@@ -70,8 +90,8 @@ def ecs_plan(config: Config, topo: Topology, config_text: str, *, region: str | 
         environment.append({"name": "CUTTLEFISH_STORE", "value": ecs.store_url})
 
     def task(role: str, image: str, command: list[str], env: list[dict], task_secrets: list[dict],
-             cpus: float | None, memory: int | None, port: int | None = None) -> dict:
-        cpu, mem = _sizing(cpus, memory, fargate)
+             cpus: float | None, memory: int | None, port: int | None = None, path: str = "deploy") -> dict:
+        cpu, mem = _sizing(cpus, memory, fargate, path)
         container = {
             "name": role, "image": image, "essential": True, "command": command,
             "environment": sorted(env, key=lambda e: e["name"]), "secrets": sorted(task_secrets, key=lambda e: e["name"]),
@@ -106,7 +126,9 @@ def ecs_plan(config: Config, topo: Topology, config_text: str, *, region: str | 
     for role in topo.roles():
         cpus, memory = (None, None) if role.is_head else config.deploy.for_layer(role.layer)
         env = environment + [{"name": k, "value": v} for k, v in role.env().items()]
-        service(role.slug, task(role.slug, ecs.image, ["python3", "-m", "neuron"], env, secrets, cpus, memory))
+        where = "deploy" if role.is_head else f"deploy (layer {role.layer})"
+        service(role.slug, task(role.slug, ecs.image, ["python3", "-m", "neuron"], env, secrets, cpus, memory,
+                                path=where))
     # the driver gets the config itself (base64 in its environment): a changed config updates only its task
     driver_env = [*environment, {"name": "CUTTLEFISH_CONFIG_B64", "value": base64.b64encode(config_text.encode()).decode()}]
     driver_cmd = ["sh", "-c", 'printf %s "$CUTTLEFISH_CONFIG_B64" | base64 -d > /tmp/network.yaml && exec python3 -m '
