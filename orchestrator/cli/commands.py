@@ -26,7 +26,7 @@ from orchestrator.data.model import load_model, model_sizes, save_model
 from orchestrator.errors import ConfigError, DataError, ModelFileError, OrchestratorError
 from orchestrator.runtimes import TARGETS
 from orchestrator.training.driver import DriverOptions
-from orchestrator.training.plot import training_svg
+from orchestrator.training.plot import chart, check_plot_path, write_chart
 from orchestrator.training.progress import Progress
 from orchestrator.training.reference import accuracy, predict
 from orchestrator.training.runner import make_schedule, new_run_id, train_run
@@ -63,10 +63,12 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue --run-id from its last committed checkpoint")
     train.add_argument("--resume-or-start", action="store_true",
                        help="continue --run-id if the store has it, else start it (for drivers that get restarted)")
-    train.add_argument("--plot", metavar="FILE.svg", help="write a loss and accuracy chart here")
+    train.add_argument("--plot", metavar="FILE.svg|FILE.png",
+                       help="write a loss and accuracy chart here (.png needs matplotlib)")
     train.add_argument("--init", metavar="MODEL.npz", help="start from these weights instead of the seeded init")
     train.add_argument("--save-model", metavar="MODEL.npz", help="write the trained weights here")
-    train.add_argument("--metrics", metavar="FILE.jsonl", help="append per-step and per-epoch metrics here")
+    train.add_argument("--metrics", metavar="FILE.jsonl",
+                       help="write per-step and per-epoch metrics here as JSON Lines (a resumed run appends)")
     train.add_argument("--quiet", action="store_true", help="no progress output")
 
     dep = sub.add_parser("deploy", help="write what runs the network on a deployment target")
@@ -144,6 +146,8 @@ def _check_train_args(args: argparse.Namespace, config: Config) -> None:
         raise ConfigError("--max-steps", "must be at least 1")
     if args.run_id and not RUN_ID.match(args.run_id):
         raise ConfigError("--run-id", f"must be 1-64 of A-Z a-z 0-9 _ . - (got {args.run_id!r})")
+    if args.plot:
+        check_plot_path(args.plot)
     for flag, path in (("--save-model", args.save_model), ("--metrics", args.metrics), ("--plot", args.plot)):
         if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
             raise ConfigError(flag, f"folder of {path} does not exist")
@@ -181,8 +185,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
         resume = state is not None and state.latest is not None
     losses: dict[int, float] = {}
     with contextlib.ExitStack() as stack:
-        metrics = stack.enter_context(open(args.metrics, "a", encoding="utf-8")) if args.metrics else None
-        progress = Progress(schedule.total_steps, 0, schedule.steps_per_epoch, quiet=args.quiet, metrics=metrics)
+        # a resumed run continues its file; a new run starts the file afresh
+        mode = "a" if resume else "w"
+        metrics = stack.enter_context(open(args.metrics, mode, encoding="utf-8")) if args.metrics else None
+        progress = Progress(schedule.total_steps, schedule.steps_per_epoch, run_id=run_id, quiet=args.quiet,
+                            metrics=metrics)
+        progress.begin(sizes=list(config.network.sizes), resume=resume, config=os.path.abspath(args.config))
 
         def on_step(step: int, loss: float, samples: int) -> None:
             losses[step] = loss
@@ -197,9 +205,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.save_model:
         save_model(args.save_model, result.params)
     if args.plot:
-        with open(args.plot, "w", encoding="utf-8") as fh:
-            fh.write(training_svg(losses, result.epoch_accuracy, schedule.steps_per_epoch,
-                                  f"run {run_id}: {'-'.join(map(str, config.network.sizes))}"))
+        title = f"run {run_id}: {'-'.join(map(str, config.network.sizes))}, {config.network.activation}"
+        write_chart(chart(losses, result.epoch_accuracy, schedule.steps_per_epoch, schedule.total_steps, title),
+                    args.plot)
     if not args.quiet:
         rate = result.samples / max(result.seconds, 1e-9)
         print(f"trained {result.steps} steps in {result.seconds:.1f} s ({rate:,.0f} samples/s)", file=sys.stderr)
