@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import filecmp
 import logging
 import os
@@ -21,8 +22,9 @@ from orchestrator.cli import operations
 from orchestrator.cli.operations import config_of
 from orchestrator.config import Config
 from orchestrator.config.plan import build_plan, format_plan
-from orchestrator.data.mnist import load_images, load_mnist, to_inputs
-from orchestrator.data.model import load_model, model_sizes, save_model
+from orchestrator.data.mnist import load_mnist, to_inputs
+from orchestrator.data.model import describe, load_model, model_sizes, read_meta, save_model
+from orchestrator.data.pictures import load_digits
 from orchestrator.errors import ConfigError, DataError, ModelFileError, OrchestratorError
 from orchestrator.runtimes import TARGETS
 from orchestrator.training.driver import DriverOptions
@@ -112,19 +114,23 @@ def _parser() -> argparse.ArgumentParser:
     sc.add_argument("-f", "--compose-file", default="docker-compose.yml", help="compose: the file to regenerate")
 
     ev = sub.add_parser("evaluate", help="test accuracy of a saved model")
-    ev.add_argument("config")
-    ev.add_argument("--model", required=True)
-    ev.add_argument("--data")
+    ev.add_argument("config", nargs="?",
+                    help="the YAML config it was trained from (only for model files that do not describe themselves)")
+    ev.add_argument("--model", required=True, metavar="MODEL.npz", help="the model file")
+    ev.add_argument("--data", help="folder with the MNIST IDX files")
 
     ex = sub.add_parser("examples", help="list the example configs, or copy them into a folder")
     ex.add_argument("folder", nargs="?", help="copy the examples into this folder (made if missing)")
     ex.add_argument("--force", action="store_true", help="overwrite example files that differ")
 
     pr = sub.add_parser("predict", help="print the digit of each image")
-    pr.add_argument("--model", required=True)
-    pr.add_argument("--activation", default=HIDDEN_ACTIVATIONS[0], choices=HIDDEN_ACTIVATIONS,
-                    help="the hidden layers' activation the model was trained with")
-    pr.add_argument("inputs", nargs="+", help=".npy arrays of images or PNG files")
+    pr.add_argument("--model", required=True, metavar="MODEL.npz", help="the model file")
+    pr.add_argument("--activation", choices=HIDDEN_ACTIVATIONS,
+                    help="hidden activation, only for model files that do not record theirs")
+    pr.add_argument("--quiet", action="store_true", help="do not say how the pictures were brought to MNIST's form")
+    pr.add_argument("inputs", nargs="+",
+                    help="pictures of digits: PNG (JPEG and others with Pillow) of any size and polarity, or .npy "
+                         "arrays of 28x28 images")
     return p
 
 
@@ -178,7 +184,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
             if args.save_model:  # a driver killed after finishing but before saving still leaves the model
                 with open_store(config.paramstore) as store:
                     params = Checkpoints(store, run_id).read_model(state.latest, len(config.network.sizes) - 1)
-                save_model(args.save_model, params)
+                _save_model(args.save_model, params, config, args.config, run=run_id,
+                            test_accuracy=state.test_accuracy)
             if state.test_accuracy is not None:
                 print(f"test accuracy: {state.test_accuracy:.4f}")
             return 0
@@ -203,7 +210,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         result = train_run(config, train, test, run_id=run_id, max_steps=args.max_steps, resume=resume,
                            initial=initial, options=options, target=args.target)
     if args.save_model:
-        save_model(args.save_model, result.params)
+        _save_model(args.save_model, result.params, config, args.config, run=run_id, steps=result.steps,
+                    test_accuracy=result.test_accuracy)
     if args.plot:
         title = f"run {run_id}: {'-'.join(map(str, config.network.sizes))}, {config.network.activation}"
         write_chart(chart(losses, result.epoch_accuracy, schedule.steps_per_epoch, schedule.total_steps, title),
@@ -221,21 +229,57 @@ def _stored_run(store_url: str, run_id: str) -> Manifest | None:
         return Checkpoints(store, run_id).manifest()
 
 
+def _model_meta(config: Config, config_path: str, **extra) -> dict:
+    """What a model file trained from `config` says about itself (URLs redacted: a model file gets shared)."""
+    values = dataclasses.asdict(config)
+    values["broker"], values["paramstore"] = redact_url(config.broker), redact_url(config.paramstore)
+    return {"source": os.path.abspath(config_path), "values": values, **extra}
+
+
+def _save_model(path: str, params, config: Config, config_path: str, **extra) -> None:
+    classes = list(range(config.network.num_classes))
+    save_model(path, params, describe(params, config.network.activation, classes, _model_meta(config, config_path),
+                                      **extra))
+
+
+def _activation(meta: dict, given: str | None, flag: str, path: str) -> str:
+    """The model's activation: recorded in its file, else `given`; a contradiction is an error."""
+    recorded = meta.get("activation")
+    if recorded and given and given != recorded:
+        raise ConfigError(flag, f"{path} was trained with {recorded}, not {given}")
+    if not (recorded or given):
+        raise ConfigError(flag, f"{path} does not record its activation (an older model file): give "
+                                f"{'--activation' if flag == '--activation' else 'the config it was trained from'}")
+    return recorded or given
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    config = config_of(args)
-    params = load_model(args.model, config.network.sizes, config.training.dtype)
+    meta = read_meta(args.model)
+    if args.config:
+        config = config_of(args)
+        sizes, dtype, given = config.network.sizes, config.training.dtype, config.network.activation
+    else:
+        sizes, dtype, given = meta.get("sizes"), meta.get("dtype"), None
+    activation = _activation(meta, given, "config" if args.config else "evaluate", args.model)
+    params = load_model(args.model, tuple(sizes) if sizes else None, dtype)
     test = load_mnist("test", args.data)
-    print(f"test accuracy: {accuracy(params, test, config.network.activation, config.training.dtype):.4f}")
+    print(f"test accuracy: {accuracy(params, test, activation, str(params[0][0].dtype)):.4f}")
     return 0
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    meta = read_meta(args.model)
     params = load_model(args.model)
+    activation = _activation(meta, args.activation, "--activation", args.model)
     if model_sizes(params)[0] != 784:
         raise ConfigError("--model", f"takes {model_sizes(params)[0]} inputs, images have 784 pixels")
-    images = load_images(args.inputs)
-    digits = predict(params, to_inputs(images, params[0][0].dtype), args.activation)
-    print(" ".join(str(int(d)) for d in digits))
+    images, notes = load_digits(args.inputs)
+    if not args.quiet:
+        for path, done in notes:
+            print(f"{path}: {'; '.join(done)}", file=sys.stderr)
+    classes = meta.get("classes") or list(range(model_sizes(params)[-1]))
+    digits = predict(params, to_inputs(images, params[0][0].dtype), activation)
+    print(" ".join(str(classes[int(d)]) for d in digits))
     return 0
 
 

@@ -47,7 +47,7 @@ _IDX_TYPES = MappingProxyType({
     0x08: "unsigned byte", 0x09: "signed byte", 0x0B: "int16", 0x0C: "int32", 0x0D: "float32", 0x0E: "float64",
 })
 _GZIP_MAGIC = b"\x1f\x8b"
-_NPY_MAGIC = b"\x93NUMPY"
+NPY_MAGIC = b"\x93NUMPY"
 _HINT = ("pass --data DIR or set CUTTLEFISH_DATA to a folder holding the MNIST IDX files "
          "(" + ", ".join(f"{n}[.gz]" for n in SHA256) + ")")
 
@@ -279,7 +279,7 @@ def batch_slices(n: int, batch_size: int) -> list[tuple[int, int]]:
     return [(start, min(start + batch_size, n)) for start in range(0, max(n, 0), batch_size)]
 
 
-def _npy_images(path: str) -> np.ndarray:
+def npy_images(path: str) -> np.ndarray:
     """Decode a .npy file of one or more 28x28 images into uint8 (N, 784)."""
     try:
         arr = np.load(path, allow_pickle=False)
@@ -320,8 +320,8 @@ def load_images(paths: Sequence[str]) -> np.ndarray:
             raise DataError(f"cannot read {path}: {exc.strerror or exc}") from exc
         if head == PNG_MAGIC:
             parts.append(png_grayscale(path, data, IMAGE_SIDE))
-        elif head.startswith(_NPY_MAGIC):
-            parts.append(_npy_images(path))
+        elif head.startswith(NPY_MAGIC):
+            parts.append(npy_images(path))
         else:
             raise DataError(f"{path}: not a PNG or .npy file; predict accepts 28x28 PNG images "
                             "or .npy arrays of shape (28,28), (N,28,28), (784,) or (N,784)")

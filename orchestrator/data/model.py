@@ -1,6 +1,12 @@
-"""Model files (.npz of W1, b1, ..., Wk, bk; never pickled) and the seeded initial weights."""
+"""Model files (.npz of W1, b1, ..., Wk, bk and a JSON description; never pickled) and the seeded initial weights.
+
+The description (`meta`, a 0-d unicode array holding JSON text) says what a reader needs to use the
+weights right: layer sizes, hidden activation, dtype, class labels, the input's form, and the config the
+model was trained from. Files without it (from older versions) still load; their users must say the rest.
+"""
 from __future__ import annotations
 
+import json
 import os
 import zipfile
 
@@ -22,11 +28,25 @@ def init_params(sizes: tuple[int, ...], activation: str, dtype: str, seed: int) 
     return params
 
 
-def save_model(path: str | os.PathLike, params: Params) -> None:
-    """Write `params` as W1, b1, ..., Wk, bk into an .npz, atomically."""
+META = "meta"
+FORMAT = "cuttlefish-model"
+INPUT_FORM = "28x28 grayscale, white digit on black, pixels/255 in row order (MNIST's form)"
+
+
+def describe(params: Params, activation: str, classes: list, config: dict | None = None, **extra) -> dict:
+    """The description stored beside `params`: sizes, activation, dtype, classes, input form, config, `extra`."""
+    return {"format": FORMAT, "version": 1, "sizes": list(model_sizes(params)), "activation": activation,
+            "output": "linear into softmax", "dtype": str(params[0][0].dtype), "classes": list(classes),
+            "input": INPUT_FORM, "config": config, **extra}
+
+
+def save_model(path: str | os.PathLike, params: Params, meta: dict | None = None) -> None:
+    """Write `params` as W1, b1, ..., Wk, bk (and `meta` as JSON text) into an .npz, atomically."""
     arrays = {}
     for i, (w, b) in enumerate(params, start=1):
         arrays[f"W{i}"], arrays[f"b{i}"] = w, b
+    if meta is not None:
+        arrays[META] = np.array(json.dumps(meta, sort_keys=True))  # a unicode array: loads without pickle
     path = os.fspath(path)
     tmp = f"{path}.tmp.npz"
     np.savez(tmp, **arrays)
@@ -37,7 +57,7 @@ def load_model(path: str | os.PathLike, sizes: tuple[int, ...] | None = None, dt
     """Read an .npz model, checking names, shapes (against `sizes` if given) and finiteness."""
     try:
         with np.load(path, allow_pickle=False) as npz:
-            names = set(npz.files)
+            names = set(npz.files) - {META}
             depth = len([n for n in names if n.startswith("W")])
             params = []
             for i in range(1, depth + 1):
@@ -62,6 +82,26 @@ def load_model(path: str | os.PathLike, sizes: tuple[int, ...] | None = None, dt
     if dtype is not None:
         params = [(w.astype(dtype), b.astype(dtype)) for w, b in params]
     return params
+
+
+def read_meta(path: str | os.PathLike) -> dict:
+    """The description stored in a model file, or {} for a file written before models described themselves."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            if META not in npz.files:
+                return {}
+            raw = npz[META]
+    except (OSError, ValueError, zipfile.BadZipFile, KeyError) as exc:
+        raise ModelFileError(f"{path}: cannot read model: {exc}") from exc
+    if raw.dtype.kind != "U" or raw.ndim != 0:
+        raise ModelFileError(f"{path}: '{META}' is not JSON text")
+    try:
+        meta = json.loads(str(raw))
+    except ValueError as exc:
+        raise ModelFileError(f"{path}: '{META}' is not valid JSON: {exc}") from exc
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ModelFileError(f"{path}: '{META}' is not a {FORMAT} description")
+    return meta
 
 
 def model_sizes(params: Params) -> tuple[int, ...]:

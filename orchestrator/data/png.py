@@ -69,16 +69,19 @@ def _unfilter(raw: bytes, height: int, stride: int, bpp: int, path: str) -> np.n
     return out[1:]
 
 
-def png_grayscale(path: str, data: bytes, side: int) -> np.ndarray:
-    """Decode a non-interlaced `side`x`side` PNG into uint8 (1, side*side) grayscale, alpha over black."""
+MAX_PIXELS = 4096 * 4096  # a bigger picture of one digit is more likely a mistake (or a decompression bomb)
+
+
+def png_pixels(path: str, data: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """Decode a non-interlaced PNG of any size into float (H, W) grayscale 0..255 and (H, W) alpha 0..1."""
     chunks = list(_png_chunks(data, path))
     if not chunks or chunks[0][0] != b"IHDR" or len(chunks[0][1]) != 13:
         raise DataError(f"{path}: PNG does not start with a valid IHDR chunk")
     width, height, depth, ctype, comp, filt, interlace = struct.unpack(">IIBBBBB", chunks[0][1])
     if interlace:
         raise DataError(f"{path}: interlaced PNG not supported; re-save it without interlacing")
-    if (width, height) != (side, side):
-        raise DataError(f"{path}: image is {width}x{height}, expected {side}x{side}; resize it first")
+    if not 0 < width * height <= MAX_PIXELS:
+        raise DataError(f"{path}: image is {width}x{height}; at most {MAX_PIXELS:,} pixels are read")
     if ctype not in _PNG_CHANNELS or depth not in _PNG_DEPTHS[ctype] or comp or filt:
         raise DataError(f"{path}: unsupported PNG format (color type {ctype}, bit depth {depth})")
     palette = trns = None
@@ -98,7 +101,7 @@ def png_grayscale(path: str, data: bytes, side: int) -> np.ndarray:
     stride = (width * channels * depth + 7) // 8
     expected = height * (stride + 1)
     try:
-        # Bounded decompression: a 28x28 image never needs more than `expected` bytes.
+        # Bounded decompression: the image never needs more than `expected` bytes.
         raw = zlib.decompressobj().decompress(b"".join(idat), expected + 1)
     except zlib.error as exc:
         raise DataError(f"{path}: corrupt PNG image data ({exc})") from exc
@@ -139,4 +142,12 @@ def png_grayscale(path: str, data: bytes, side: int) -> np.ndarray:
         gray = 0.299 * color[..., 0] + 0.587 * color[..., 1] + 0.114 * color[..., 2]
     else:
         gray = color[..., 0]
+    return gray, alpha
+
+
+def png_grayscale(path: str, data: bytes, side: int) -> np.ndarray:
+    """Decode a `side`x`side` PNG into uint8 (1, side*side) grayscale, alpha over black, exactly as stored."""
+    gray, alpha = png_pixels(path, data)
+    if gray.shape != (side, side):
+        raise DataError(f"{path}: image is {gray.shape[1]}x{gray.shape[0]}, expected {side}x{side}")
     return np.clip(np.rint(gray * alpha), 0, 255).astype(np.uint8).reshape(1, side * side)

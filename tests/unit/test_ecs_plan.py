@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from orchestrator.deploy.aws import configured_region
 from orchestrator.cli import main
+from orchestrator.deploy.aws import configured_region
 from orchestrator.deploy.ecs import fargate_size
 from tests.conftest import ROOT
 
