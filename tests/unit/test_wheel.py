@@ -13,7 +13,14 @@ import yaml
 
 from tests.conftest import ROOT, require
 
-SKIP = shutil.ignore_patterns(".git", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", "out", "data")
+_EVERYWHERE = shutil.ignore_patterns("__pycache__", "*.egg-info", ".pytest_cache")
+_TOP = {".git", "build", "dist", "out", "data"}  # at the top only: orchestrator/data is a package
+
+
+def SKIP(folder: str, names: list[str]) -> set[str]:
+    """What not to copy of the checkout: caches everywhere, and the top level's outputs and data."""
+    top = _TOP if pathlib.Path(folder) == ROOT else set()
+    return set(_EVERYWHERE(folder, names)) | {n for n in names if n in top}
 
 
 def _run(cmd: list, cwd: pathlib.Path, env: dict, ok: bool = True) -> subprocess.CompletedProcess:
@@ -59,10 +66,15 @@ def test_the_wheel_ships_the_license_dockerfile_and_examples(installed):
 
 def test_installed_code_is_the_wheels(installed):
     bin_dir, env, elsewhere, _ = installed
-    code = ("import importlib\nfor name in ('neuron', 'broker', 'paramstore', 'compose', 'orchestrator'):\n"
-            "    print(list(importlib.import_module(name).__path__)[0])")
-    paths = _run([bin_dir / "python", "-c", code], elsewhere, env).stdout.split()
-    assert len(paths) == 5 and all(p.startswith(str(bin_dir.parent)) for p in paths), paths  # not the checkout's
+    # the CLI imports nearly every module; each must come from the wheel, none from the checkout's editable install
+    code = ("import sys, orchestrator.cli.commands, neuron.service, compose.render\n"
+            "for name, m in sorted(sys.modules.items()):\n"
+            "    if name.split('.')[0] in ('neuron', 'broker', 'paramstore', 'compose', 'orchestrator'):\n"
+            "        print(name, getattr(m, '__file__', None) or list(m.__path__)[0])")
+    rows = [line.split() for line in _run([bin_dir / "python", "-c", code], elsewhere, env).stdout.splitlines()]
+    assert len(rows) > 20 and {r[0] for r in rows} >= {"orchestrator.data.model", "neuron.service", "compose.render"}
+    outside = [r for r in rows if not r[1].startswith(str(bin_dir.parent))]
+    assert not outside, outside
 
 
 def test_console_script_plans_and_deploys_from_another_folder(installed):
