@@ -38,7 +38,7 @@ def redact_url(url: str) -> str:
 def install_hint(package: str, extra: str) -> str:
     """How to install a missing driver: the package itself, or this project's extra from its checkout.
 
-    Not `pip install 'cuttlefish[extra]'`: that name on the public index belongs to an unrelated project.
+    Never the distribution name 'cuttlefish': on the public index that name belongs to an unrelated project.
     """
     return f"pip install {package} (or, in the Cuttlefish checkout, pip install -e '.[{extra}]')"
 
