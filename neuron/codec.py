@@ -143,7 +143,7 @@ def check_key(key: object) -> bytes:
     return key
 
 
-def decode(body: bytes, schema: Schema) -> Message:
+def decode(body: bytes | memoryview, schema: Schema) -> Message:
     """Check the signature of `body`, then decode and validate it against `schema`; raises only CodecErrors."""
     if len(body) > schema.max_bytes:
         raise OversizedMessage(f"message of {len(body)} bytes exceeds the limit of {schema.max_bytes}")
@@ -188,7 +188,7 @@ def _decode_json(payload: bytes, code: int, ndim: int) -> dict:
     return data
 
 
-def _decode_array(body: bytes, code: int, ndim: int, expected_cols, kind: int, schema: Schema) -> np.ndarray:
+def _decode_array(body: bytes | memoryview, code: int, ndim: int, expected_cols, kind: int, schema: Schema) -> np.ndarray:
     dtype = DTYPES.get(code)
     if dtype is None:
         raise MalformedMessage(f"unknown dtype code {code}")

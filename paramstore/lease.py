@@ -17,8 +17,8 @@ import socket
 import threading
 import time
 
-from paramstore.base import Store, dumps_json
 from broker.schemes import redact_url
+from paramstore.base import Store, dumps_json
 from paramstore.errors import LeaseHeld, LeaseLost, RunDataLost, StoreError
 
 log = logging.getLogger(__name__)
@@ -98,8 +98,9 @@ class Lease:
         while True:
             raw = self.store.get(self.key)
             held = self._parse(raw)
-            token = held.get("token") if isinstance(held.get("token"), int) else 0
-            expires = held.get("expires") if isinstance(held.get("expires"), (int, float)) else 0.0
+            stored_token, stored_expiry = held.get("token"), held.get("expires")
+            token = stored_token if isinstance(stored_token, int) else 0
+            expires = stored_expiry if isinstance(stored_expiry, (int, float)) else 0.0
             live = raw is not None and expires > time.time() and not self._dead_holder(held)
             if live:
                 if first is None:

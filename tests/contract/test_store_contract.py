@@ -15,8 +15,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from paramstore.errors import LeaseHeld, LeaseLost, RunDataLost
-from paramstore.lease import Lease
 from paramstore import (
     CheckpointError,
     Checkpoints,
@@ -24,6 +22,8 @@ from paramstore import (
     InvalidKey,
     open_store,
 )
+from paramstore.errors import LeaseHeld, LeaseLost, RunDataLost
+from paramstore.lease import Lease
 
 # backend name -> env var holding the URL of a service to test against
 SERVICE_URL_ENV = {

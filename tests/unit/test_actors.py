@@ -22,7 +22,6 @@ from orchestrator.training.runner import make_schedule
 from paramstore.checkpoint import Checkpoints
 from paramstore.memory import MemoryStore
 
-
 KEY = b"k" * 32  # the run's message key, as its driver would store it
 
 def _run(topo: Topology):
