@@ -20,6 +20,7 @@ import time
 from broker.schemes import redact_url
 from paramstore.base import Store, dumps_json
 from paramstore.errors import LeaseHeld, LeaseLost, RunDataLost, StoreError
+from paramstore.run import RunKeys
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ MAX_TOKEN = (1 << 53) - 1  # JSON-safe
 
 def lease_key(run_id: str) -> str:
     """Store key of the run's lease."""
-    return f"cuttlefish/{run_id}/lease"
+    return RunKeys(run_id).lease
 
 
 def _process_start(pid: int) -> str | None:

@@ -4,6 +4,7 @@ Keys, for run R (versions zero-padded so that they sort):
   cuttlefish/R/manifest                                   the manifest (JSON): see Manifest
   cuttlefish/R/latest                                     the latest committed version (decimal text)
   cuttlefish/R/key                                        the run's message key (32 random bytes)
+  cuttlefish/R/lease                                      the driver's lease and fencing token (JSON), see lease.py
   cuttlefish/R/hb/{actor}                                 an actor's heartbeat (JSON, with a TTL)
   cuttlefish/R/scale-request                              a pending request to re-split a layer (JSON)
   cuttlefish/R/ckpt/{version:010d}/L{layer}/{a}-{b}       a checkpoint slice record (JSON), see checkpoint.py
@@ -73,6 +74,11 @@ class RunKeys:
     def latest(self) -> str:
         """Key of the latest committed version, switched together with the manifest."""
         return f"{self.prefix}latest"
+
+    @property
+    def lease(self) -> str:
+        """Key of the run's driver lease (see lease.py)."""
+        return f"{self.prefix}lease"
 
     @property
     def message_key(self) -> str:
