@@ -101,10 +101,8 @@ def train_run(
             tr = config.training
             params = initial or init_params(topo.sizes, topo.activation, tr.dtype, tr.seed)
             driver.initialize(params, {"step": 0, "epoch": 0})
-        schedule_info = {"samples": schedule.samples, "batch_size": schedule.batch_size, "epochs": schedule.epochs,
-                         "seed": schedule.seed, "shuffle": schedule.shuffle, "max_steps": schedule.max_steps}
         checkpoints.update_manifest(generation=generation, status="running", topology=topo.to_dict(),
-                                    schedule=schedule_info)
+                                    schedule=dataclasses.asdict(schedule))
         with runtime:
             if on_actors is not None:
                 on_actors(runtime)
