@@ -38,6 +38,7 @@ class Actor(ABC):
         self.queue = self.role.queue(topo.run_id)
         self.driver_queue = DRIVER.queue(topo.run_id)
         self.generation: int | None = None
+        self.token = 0  # the highest fencing token of a driver seen in a control message
         self.step = 0
         self.stats: Counter = Counter()
         self.running = True
@@ -101,6 +102,10 @@ class Actor(ABC):
     def _control(self, msg: codec.Message) -> None:
         op = protocol.parse_control(msg.data or {})
         generation = op.generation
+        if op.token < self.token:  # from a driver that another one has superseded
+            self.stats["superseded"] += 1
+            return
+        self.token = op.token
         if isinstance(op, protocol.Stop):
             # a stop left over from an earlier generation must not end this one
             if self.generation is None or generation >= self.generation:

@@ -119,10 +119,11 @@ class Start:
     generation: int
     version: int
     topology: dict | None = None
+    token: int = 0  # the fencing token of the driver's lease: actors obey no driver older than one they saw
 
     def to_data(self) -> dict:
         """The JSON object of the CONTROL message."""
-        data = {"op": START, "generation": self.generation, "version": self.version}
+        data = {"op": START, "generation": self.generation, "version": self.version, "token": self.token}
         if self.topology is not None:
             data["topology"] = self.topology
         return data
@@ -133,10 +134,11 @@ class Stop:
     """End every actor of `generation` or a later one."""
 
     generation: int
+    token: int = 0
 
     def to_data(self) -> dict:
         """The JSON object of the CONTROL message."""
-        return {"op": STOP, "generation": self.generation}
+        return {"op": STOP, "generation": self.generation, "token": self.token}
 
 
 def parse_control(data: Mapping) -> Start | Stop:
@@ -144,15 +146,15 @@ def parse_control(data: Mapping) -> Start | Stop:
     op = data.get("op")
     if op not in (START, STOP):
         raise ProtocolError(f"unknown control operation {op!r}")
-    generation, version = data.get("generation"), data.get("version", 0)
-    if not _bounded(generation, MAX_GENERATION) or not _bounded(version, MAX_STEP):
-        raise ProtocolError(f"{op} needs integer generation and version within the header's range")
+    generation, version, token = data.get("generation"), data.get("version", 0), data.get("token", 0)
+    if not _bounded(generation, MAX_GENERATION) or not _bounded(version, MAX_STEP) or not _bounded(token, MAX_STEP):
+        raise ProtocolError(f"{op} needs integer generation, version and token within the header's range")
     if op == STOP:
-        return Stop(generation)
+        return Stop(generation, token)
     topology = data.get("topology")
     if "topology" in data and not isinstance(topology, dict):
         raise ProtocolError("start carries a malformed topology")
-    return Start(generation, version, topology)
+    return Start(generation, version, topology, token)
 
 
 def _bounded(value: object, limit: int) -> TypeGuard[int]:

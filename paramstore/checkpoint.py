@@ -18,9 +18,9 @@ from paramstore.run import MAX_VERSION, CheckpointEntry, Manifest, RunRecord, ch
 class Checkpoints:
     """Write, commit, read and prune the checkpoints of one training run."""
 
-    def __init__(self, store: Store, run_id: str, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> None:
+    def __init__(self, store: Store, run_id: str, chunk_bytes: int = DEFAULT_CHUNK_BYTES, lease=None) -> None:
         self.store = store
-        self.record = RunRecord(store, run_id)
+        self.record = RunRecord(store, run_id, lease)
         self.keys = self.record.keys
         self.run_id = run_id
         self.chunk_bytes = chunk_bytes
@@ -76,13 +76,13 @@ class Checkpoints:
             shown = ", ".join(missing[:8]) + (", ..." if len(missing) > 8 else "")
             raise CheckpointError(f"checkpoint {version} lacks {len(missing)} slice(s): {shown}")
         with self.record.lock:
-            manifest = self.manifest() or self.record.empty()
+            raw, manifest = self.record.current()  # never recreated: a vanished manifest is RunDataLost
             # A version below the latest is a rollback: the driver resumed from an older checkpoint.
             entries = {**manifest.checkpoints, version: CheckpointEntry(layers, arrays, info)}
             manifest = dataclasses.replace(manifest, checkpoints=entries, latest=version,
                                            state={**manifest.state, **info})
             # the manifest and the latest pointer switch together, after every slice was written
-            self.record.switch(manifest)
+            self.record.write(manifest, raw, switch=True)
             return manifest
 
     def update_manifest(self, **fields: object) -> Manifest:
@@ -93,9 +93,9 @@ class Checkpoints:
         """Delete committed versions older than the newest `keep` (never the latest); returns keys deleted."""
         keep = check_int(keep, "keep")
         with self.record.lock:
-            manifest = self.manifest()
-            if manifest is None:
+            if self.manifest() is None:
                 return 0
+            raw, manifest = self.record.current()
             versions = sorted(manifest.checkpoints, reverse=True)
             retained = set(versions[:keep])
             if manifest.latest is not None:
@@ -105,7 +105,7 @@ class Checkpoints:
                 return 0
             kept = {v: e for v, e in manifest.checkpoints.items() if v not in doomed}
             # Manifest first: no reader is ever pointed at a version whose keys are going away.
-            self.record.write(dataclasses.replace(manifest, checkpoints=kept))
+            self.record.write(dataclasses.replace(manifest, checkpoints=kept), raw)
         deleted = 0
         for v in doomed:
             for key in self.store.keys(self.keys.version(v)):

@@ -10,8 +10,9 @@ Keys, for run R (versions zero-padded so that they sort):
   cuttlefish/R/ckpt/{version:010d}/L{layer}/{a}-{b}       a checkpoint slice record (JSON), see checkpoint.py
   cuttlefish/R/ckpt/{version:010d}/L{layer}/{a}-{b}/{name}   one array of it (put_array meta, chunks under it)
 
-Only the driver writes the manifest. The lock here serialises the read-modify-write of threads sharing
-one RunRecord, not of several processes.
+Only the driver writes the manifest, and only as a compare-and-set (Store.put_many_if) against the bytes
+it read, plus its lease (paramstore/lease.py) when it holds one: a superseded driver cannot write, and a
+manifest that vanished (the store lost the run's data) is never recreated. create() makes it once.
 """
 from __future__ import annotations
 
@@ -26,8 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from paramstore.base import Store, dumps_json
-from paramstore.errors import CheckpointError, CorruptValue, InvalidKey
+from broker.schemes import redact_url
+from paramstore.base import Store, dumps_json, loads_json
+from paramstore.errors import CheckpointError, CorruptValue, InvalidKey, RunDataLost
 
 ROOT = "cuttlefish/"
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -262,18 +264,52 @@ class Rescale:
 class RunRecord:
     """Read and write the record of one run: manifest, latest pointer, heartbeats, scale requests."""
 
-    def __init__(self, store: Store, run_id: str) -> None:
+    def __init__(self, store: Store, run_id: str, lease=None) -> None:
         self.store = store
         self.keys = RunKeys(run_id)
         self.run_id = run_id
         self.lock = threading.RLock()  # held by read-modify-writes of the manifest (here and in Checkpoints)
+        # a paramstore.lease.Lease: when set, every manifest write also requires that it is still held
+        self.lease = lease
 
     # -- the manifest -------------------------------------------------------------------------------
 
     def manifest(self) -> Manifest | None:
-        """The run's manifest, or None before the first commit or update."""
-        raw = self.store.get_json(self.keys.manifest)
-        return None if raw is None else Manifest.from_json(raw, self.keys.manifest)
+        """The run's manifest, or None before the run is created."""
+        raw = self.store.get(self.keys.manifest)
+        return None if raw is None else self._parse(raw)
+
+    def _parse(self, raw: bytes) -> Manifest:
+        return Manifest.from_json(loads_json(self.keys.manifest, raw), self.keys.manifest)
+
+    def current(self) -> tuple[bytes, Manifest]:
+        """(stored bytes, manifest) of the run, for a write(); RunDataLost if the manifest is gone."""
+        raw = self.store.get(self.keys.manifest)
+        if raw is None:
+            raise self._lost()
+        return raw, self._parse(raw)
+
+    def _lost(self) -> RunDataLost:
+        return RunDataLost(f"the store at {redact_url(self.store.url)} no longer has the manifest of run "
+                           f"{self.run_id} (was it restarted without persistence?); the run stops instead of "
+                           "recreating it")
+
+    def create(self, **fields: Any) -> Manifest:
+        """Create the run: its manifest (with `fields`) and its message key, at once; CheckpointError if it exists."""
+        manifest = self.empty().with_fields(**fields)
+        items = {self.keys.manifest: dumps_json(manifest.to_json()),
+                 self.keys.message_key: secrets.token_bytes(MESSAGE_KEY_BYTES)}
+        with self.lock:
+            if not self._put_if(items, {self.keys.manifest: None, self.keys.message_key: None}):
+                if self.lease is not None and not self.lease.held():
+                    raise self.lease.why_lost()
+                raise CheckpointError(f"run {self.run_id!r} already exists in the store")
+        return manifest
+
+    def _put_if(self, items: dict[str, bytes], expect: dict[str, bytes | None]) -> bool:
+        if self.lease is not None:
+            return self.lease.put_guarded(items, expect)
+        return self.store.put_many_if(items, expect)
 
     def empty(self) -> Manifest:
         """The manifest of a run with nothing in the store yet."""
@@ -282,18 +318,27 @@ class RunRecord:
     def update(self, **fields: Any) -> Manifest:
         """Merge top-level `fields` (e.g. status, generation, topology) into the manifest; returns it."""
         with self.lock:
-            manifest = (self.manifest() or self.empty()).with_fields(**fields)
-            self.write(manifest)
+            raw, manifest = self.current()
+            manifest = manifest.with_fields(**fields)
+            self.write(manifest, raw)
             return manifest
 
-    def write(self, manifest: Manifest) -> None:
-        """Replace the stored manifest."""
-        self.store.put_json(self.keys.manifest, manifest.to_json())
+    def write(self, manifest: Manifest, expect: bytes, *, switch: bool = False) -> None:
+        """Replace the manifest read as `expect` (with `switch`, the latest pointer too), in one compare-and-set.
 
-    def switch(self, manifest: Manifest) -> None:
-        """Replace the manifest and the latest pointer together, in one store operation."""
-        self.store.put_many({self.keys.manifest: dumps_json(manifest.to_json()),
-                             self.keys.latest: str(manifest.latest).encode()})
+        RunDataLost if the manifest is gone, LeaseLost if another driver took the run over, CheckpointError
+        if someone else changed it meanwhile.
+        """
+        items = {self.keys.manifest: dumps_json(manifest.to_json())}
+        if switch:
+            items[self.keys.latest] = str(manifest.latest).encode()
+        if self._put_if(items, {self.keys.manifest: expect}):
+            return
+        if self.lease is not None and not self.lease.held():
+            raise self.lease.why_lost()
+        if self.store.get(self.keys.manifest) is None:
+            raise self._lost()
+        raise CheckpointError(f"the manifest of run {self.run_id} was changed by another writer meanwhile")
 
     def latest(self) -> int | None:
         """The latest committed version, or None: one small read of the pointer switch() writes."""
@@ -316,12 +361,11 @@ class RunRecord:
         return self.store.get(self.keys.message_key)
 
     def create_message_key(self) -> bytes:
-        """The run's message key: a new random one unless the run already has one."""
-        key = self.message_key()
-        if key is None:
-            key = secrets.token_bytes(MESSAGE_KEY_BYTES)
-            self.store.put(self.keys.message_key, key)
-        return key
+        """The run's message key: a new random one unless the run already has one (a run made before keys)."""
+        key = secrets.token_bytes(MESSAGE_KEY_BYTES)
+        if self.store.put_many_if({self.keys.message_key: key}, {self.keys.message_key: None}):
+            return key
+        return self.message_key()
 
     # -- heartbeats ---------------------------------------------------------------------------------
 

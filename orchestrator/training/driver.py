@@ -24,6 +24,7 @@ from orchestrator.training import rescale
 from orchestrator.training.rescale import RescaleRequested
 from orchestrator.training.schedule import Schedule
 from paramstore.checkpoint import Checkpoints
+from paramstore.errors import CheckpointError
 from paramstore.run import Rescale, ScaleRequest
 
 log = logging.getLogger(__name__)
@@ -106,9 +107,26 @@ class Driver:
             self.broker.declare(queue, dead_letter=self.topo.dead_letter_queue)
             self.broker.purge(queue)
 
+    @property
+    def token(self) -> int:
+        """The fencing token of this driver's lease on the run (0 without one)."""
+        lease = self.checkpoints.record.lease
+        return 0 if lease is None else lease.token
+
+    def _check_lease(self) -> None:
+        lease = self.checkpoints.record.lease
+        if lease is not None:
+            lease.check()  # LeaseLost, RunDataLost: found by the renewal thread
+
     def initialize(self, params: Params, info: dict) -> None:
-        """Store `params` (with zero optimizer state) as committed checkpoint 0 of a new run."""
-        if self.checkpoints.manifest() is not None:
+        """Store `params` (with zero optimizer state) as committed checkpoint 0 of a new run (created if need be)."""
+        manifest = self.checkpoints.manifest()
+        if manifest is None:
+            try:
+                self.checkpoints.record.create()
+            except CheckpointError:
+                manifest = self.checkpoints.manifest()
+        if manifest is not None and (manifest.latest is not None or manifest.checkpoints):
             raise TrainingError(f"run {self.topo.run_id!r} already exists in the store: pass --resume or another --run-id")
         if tuple(p[0].shape[0] for p in params) != self.topo.sizes[1:]:
             raise TrainingError("initial parameters do not match the network's sizes")
@@ -122,7 +140,8 @@ class Driver:
 
     def _commit(self, version: int, info: dict) -> None:
         splits = {layer: list(self.topo.splits(layer)) for layer in range(1, self.topo.depth + 1)}
-        self.checkpoints.commit(version, splits, {**info, "generation": self.generation})
+        self._check_lease()
+        self.checkpoints.commit(version, splits, {**info, "generation": self.generation, "token": self.token})
         self.checkpoints.prune(keep=self.options.keep_checkpoints)
         self._committed = version
         self._look_for_rescale = True
@@ -134,6 +153,7 @@ class Driver:
         self.broker.publish_many([role.queue(self.topo.run_id) for role in self.topo.roles()], body)
 
     def _pump(self, timeout: float) -> None:
+        self._check_lease()
         delivery = self.broker.get(self.queue, timeout=timeout)
         if delivery is None:
             if self.runtime is not None:
@@ -226,7 +246,7 @@ class Driver:
         self._committed = version
         # a restarted driver must pick a generation above every one that ever ran
         self.checkpoints.update_manifest(generation=generation)
-        self._control(protocol.Start(generation, version, self.topo.to_dict()))
+        self._control(protocol.Start(generation, version, self.topo.to_dict(), self.token))
         self._starting = True
         try:
             self._wait(lambda: len(self._ready) == len(self.actors), "every neuron to load its checkpoint")
@@ -294,7 +314,10 @@ class Driver:
 
     def stop(self) -> None:
         """Tell every actor to exit."""
-        self._control(protocol.Stop(self.generation))
+        lease = self.checkpoints.record.lease
+        if lease is not None and lease.lost is not None:
+            return  # superseded: the actors belong to the driver that took the run over
+        self._control(protocol.Stop(self.generation, self.token))
 
     def train(self, train: Dataset, test: Dataset | None, schedule: Schedule, start: int) -> tuple[Params, float | None]:
         """Train from committed checkpoint `start` to the schedule's end; the generation must be started.

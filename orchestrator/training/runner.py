@@ -21,6 +21,8 @@ from orchestrator.training.schedule import Schedule
 from paramstore import open_store
 from paramstore.base import Store
 from paramstore.checkpoint import Checkpoints
+from paramstore.errors import CheckpointError, LeaseHeld
+from paramstore.lease import Lease
 from paramstore.run import Manifest
 
 
@@ -80,13 +82,15 @@ def train_run(
     own_broker, own_store = broker is None, store is None
     broker = broker or connect(config.broker)
     store = store or open_store(config.paramstore)
+    lease = Lease(store, run_id)
     try:
-        checkpoints = Checkpoints(store, run_id)
-        # the key signs every message; it lives in the store, which broker users cannot read
-        topo = topo.with_key(checkpoints.record.create_message_key())
-        runtime = runtime_for(target, topo, Services(broker, checkpoints, config.broker, config.paramstore))
-        driver = Driver(topo, broker, checkpoints, options, runtime)
-        driver.declare()
+        # ownership first: a second driver is refused before it touches the run's queues or manifest
+        try:
+            lease.acquire(wait=lease.ttl + 1 if resume else 0.0)
+        except LeaseHeld as exc:
+            raise TrainingError(str(exc)) from None
+        lease.start_renewing()
+        checkpoints = Checkpoints(store, run_id, lease=lease)
         if resume:
             manifest = checkpoints.manifest()
             if manifest is None or manifest.latest is None:
@@ -96,6 +100,19 @@ def train_run(
             if version >= schedule.total_steps:
                 raise TrainingError(f"run {run_id!r} is already at step {version} of {schedule.total_steps}")
         else:
+            try:
+                checkpoints.record.create(status="starting")
+            except CheckpointError:
+                stored = checkpoints.manifest()  # a run whose first driver died before checkpoint 0 starts afresh
+                if stored is None or stored.latest is not None or stored.checkpoints:
+                    raise TrainingError(f"run {run_id!r} already exists in the store: pass --resume or another "
+                                        "--run-id") from None
+        # the key signs every message; it lives in the store, which broker users cannot read
+        topo = topo.with_key(checkpoints.record.create_message_key())
+        runtime = runtime_for(target, topo, Services(broker, checkpoints, config.broker, config.paramstore))
+        driver = Driver(topo, broker, checkpoints, options, runtime)
+        driver.declare()
+        if not resume:
             version, generation = 0, 1
             driver.generation = generation
             tr = config.training
@@ -113,6 +130,7 @@ def train_run(
         result.actor_stats = runtime.stats()
         return result
     finally:
+        lease.release()
         if own_broker:
             broker.close()
         if own_store:

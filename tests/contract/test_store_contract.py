@@ -62,6 +62,7 @@ def ns(store):
 def ckpt(store, ns):
     """Checkpoints of a run whose id is unique to this test, with small chunks so slices span several."""
     checkpoints = Checkpoints(store, ns.rstrip("/"), chunk_bytes=64)
+    checkpoints.record.create()
     yield checkpoints
     for key in store.keys(f"cuttlefish/{checkpoints.run_id}/"):
         store.delete(key)
@@ -408,7 +409,7 @@ def _write(ckpt, version, full, layer=1, splits=SPLITS):
 def test_checkpoint_layout_and_reads(ckpt, store):
     full = _layer(1)
     _write(ckpt, 3, full)
-    assert ckpt.manifest() is None and ckpt.latest() is None
+    assert ckpt.manifest().checkpoints == {} and ckpt.latest() is None
     manifest = ckpt.commit(3, {1: SPLITS}, info={"step": 3, "loss": 0.5})
     assert manifest == ckpt.manifest()
     assert manifest["run"] == ckpt.run_id and manifest["latest"] == 3 == ckpt.latest()
@@ -484,7 +485,7 @@ def test_commit_rejects_splits_that_do_not_tile(ckpt, splits):
     _write(ckpt, 1, _layer(8))
     with pytest.raises(CheckpointError):
         ckpt.commit(1, splits)
-    assert ckpt.manifest() is None
+    assert ckpt.manifest().latest is None
 
 
 def test_commit_rejects_disagreeing_slices(ckpt):
@@ -526,7 +527,7 @@ def test_write_slice_validation(ckpt, store):
     for name in ["", "a/b", "..", "x" * 65, "sp ace"]:
         with pytest.raises(InvalidKey):
             ckpt.write_slice(1, 1, 0, 3, {name: good})
-    assert store.keys(f"cuttlefish/{ckpt.run_id}/") == []
+    assert store.keys(f"cuttlefish/{ckpt.run_id}/ckpt/") == []
 
 
 def test_update_manifest(ckpt):
@@ -576,6 +577,7 @@ def test_prune_keeps_latest_after_rollback(ckpt):
 
 def test_runs_are_isolated(store, ns):
     a, b = Checkpoints(store, ns.rstrip("/") + "a"), Checkpoints(store, ns.rstrip("/") + "a.b")
+    a.record.create()
     _write(a, 1, _layer(13))
     a.commit(1, {1: SPLITS})
     assert b.manifest() is None
@@ -613,3 +615,41 @@ def test_one_driver_holds_a_run_and_a_superseded_one_cannot_write(store, ns):
     assert Lease(store, run, ttl=30).acquire() == 3  # released: taken at once, the token still grows
     store.delete(first.key)  # the store lost the run's data
     assert isinstance(second.why_lost(), RunDataLost)
+
+
+def test_a_run_is_created_once_and_never_recreated(ckpt, store):
+    with pytest.raises(CheckpointError, match="already exists"):
+        ckpt.record.create()
+    key = ckpt.record.message_key()
+    assert len(key) == 32 and ckpt.record.create_message_key() == key
+    _write(ckpt, 1, _layer(14))
+    ckpt.commit(1, {1: SPLITS})
+    for k in store.keys(f"cuttlefish/{ckpt.run_id}/"):  # the store lost everything (restarted empty)
+        store.delete(k)
+    _write(ckpt, 2, _layer(14))
+    with pytest.raises(RunDataLost, match="no longer has the manifest"):
+        ckpt.commit(2, {1: SPLITS})
+    with pytest.raises(RunDataLost):
+        ckpt.update_manifest(generation=3)
+    assert ckpt.manifest() is None and ckpt.latest() is None
+
+
+def test_a_superseded_driver_cannot_commit(store, ns):
+    run = ns.rstrip("/") + "fenced"
+    first = Lease(store, run, ttl=30)
+    first.acquire()
+    old = Checkpoints(store, run, lease=first)
+    old.record.create(status="running")
+    _write(old, 1, _layer(15))
+    store.put(first.key, store.get(first.key).replace(b'"expires":', b'"expires":1,"was":'))  # it went silent
+    second = Lease(store, run, ttl=30)
+    second.acquire()
+    with pytest.raises(LeaseLost, match="stops without committing"):
+        old.commit(1, {1: SPLITS})
+    with pytest.raises(LeaseLost):
+        old.update_manifest(status="stale")
+    assert Checkpoints(store, run).manifest().latest is None
+    Checkpoints(store, run, lease=second).commit(1, {1: SPLITS})
+    assert Checkpoints(store, run).latest() == 1
+    for k in store.keys(f"cuttlefish/{run}/"):
+        store.delete(k)

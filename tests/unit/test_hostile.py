@@ -106,7 +106,7 @@ def test_hostile_control_messages_are_rejected_not_fatal(small_mnist):
                 codec.sign(codec.HEADER.pack(codec.MAGIC, codec.VERSION, codec.CONTROL, 0, 0, 0, tag, 1, 0, 0, 0, 0, 0)
                            + b"[" * 50000, topo.key),
                 encode(codec.CONTROL, tag, 1, 0, data={"op": "start", "generation": 2 ** 40, "version": 0}),
-                encode(codec.CONTROL, tag, 1, 0, data={"op": "start", "generation": 7, "version": 999}),  # no such checkpoint
+                encode(codec.CONTROL, tag, 1, 0, data={"op": "start", "generation": 7, "version": 999, "token": 1}),  # no checkpoint
                 encode(codec.CONTROL, tag, 1, 0, data={"op": "stop", "generation": 0}),  # an old generation's stop
                 encode(codec.ACT, tag, 1, 9, source=(0, 0), nmicro=2 ** 31, array=np.zeros((20, 784))),
             ]
@@ -118,6 +118,7 @@ def test_hostile_control_messages_are_rejected_not_fatal(small_mnist):
     for (wa, ba), (wb, bb) in zip(clean.params, attacked.params):
         assert np.array_equal(wa, wb) and np.array_equal(ba, bb)
     assert attacked.actor_stats["L1.0"]["rejected"] == 4
+    assert attacked.actor_stats["L1.0"]["superseded"] == 1  # the stop without the driver's fencing token
 
 
 def test_leftover_messages_do_not_break_the_next_run(small_mnist):
