@@ -34,7 +34,7 @@ from neuron.role import HEAD_WORD, Role
 from neuron.topology import RUN_ID, Topology
 from paramstore import open_store
 from paramstore.checkpoint import Checkpoints
-from paramstore.errors import StoreError
+from paramstore.errors import StoreError, StoreRefused
 from paramstore.run import RunRecord
 
 log = logging.getLogger("neuron")
@@ -189,6 +189,10 @@ def serve(run_id: str, role: Role, broker_url: str, store_url: str, *, wait: flo
                 actor.run(stop)
         except NeuronError as exc:  # e.g. divergence: the same data would fail again, so the run must end
             log.exception("%s failed", actor.name)
+            actor.fail(exc)
+            return 1
+        except StoreRefused as exc:  # out of memory, read-only, disk full: a restart would fail the same way
+            log.error("%s: %s", actor.name, exc)
             actor.fail(exc)
             return 1
         except (BrokerError, StoreError) as exc:  # an outage: a restart and a new generation recover it

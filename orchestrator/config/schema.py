@@ -27,6 +27,7 @@ from orchestrator.config.fields import (
 from orchestrator.errors import ConfigError
 
 DTYPES = ("float32", "float64")
+MAX_NEURONS = 256  # neurons of a run at most by default: each is a process (or a thread) with its own queue
 ACTIVATIONS = HIDDEN_ACTIVATIONS  # the hidden layers' choices; the output layer is linear into the softmax
 
 
@@ -39,6 +40,7 @@ class NetworkConfig:
     num_classes: int
     activation: str
     shards: tuple[int, ...]
+    max_neurons: int = MAX_NEURONS
 
     @property
     def sizes(self) -> tuple[int, ...]:
@@ -61,6 +63,7 @@ class TrainingConfig:
     seed: int = 0
     dtype: str = "float32"
     checkpoint_every: int = 100
+    stall_timeout: float = 120.0  # seconds without any message before the driver gives the generation up
     lr_decay: float = 1.0  # the learning rate of epoch e is learning_rate * lr_decay ** e
     weight_decay: float = 0.0  # L2: weight_decay * p is added to each gradient
 
@@ -165,9 +168,12 @@ def _build_network(v: dict[str, Any], path: str) -> NetworkConfig:
             layer = _layer_name(i, num_hidden)
             reason = f"{count} shards exceed the width of {layer} ({width} neurons)"
             raise ConfigError(where, reason)
+    if sum(shards) > v["max_neurons"]:
+        raise ConfigError(shards_path, f"{sum(shards)} neurons exceed the limit of {v['max_neurons']} per run "
+                                       f"({join(path, 'max_neurons')}; each neuron is a process with its own queue)")
     return NetworkConfig(
         num_inputs=v["num_inputs"], hidden=hidden, num_classes=v["num_classes"],
-        activation=v["activation"], shards=shards,
+        activation=v["activation"], shards=shards, max_neurons=v["max_neurons"],
     )
 
 
@@ -196,6 +202,7 @@ NETWORK_FIELDS = (
     Field("num_inputs", integer(1), 784),
     Field("activation", choice(ACTIVATIONS), ACTIVATIONS[0]),
     Field("shards_per_layer", int_or_list(1), 1, attr="shards"),
+    Field("max_neurons", integer(1), MAX_NEURONS),
 )
 
 TRAINING_FIELDS = (
@@ -210,6 +217,7 @@ TRAINING_FIELDS = (
     Field("seed", integer(0), OWN),
     Field("dtype", choice(DTYPES), OWN),
     Field("checkpoint_every", integer(1), OWN),
+    Field("stall_timeout", number(lambda x: x > 0, "> 0"), OWN),
     Field("lr_decay", number(lambda x: 0 < x <= 1, "> 0 and <= 1"), OWN),
     Field("weight_decay", number(lambda x: 0 <= x < 1, ">= 0 and < 1"), OWN),
 )

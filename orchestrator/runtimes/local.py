@@ -15,6 +15,8 @@ from orchestrator.runtimes.base import Runtime, Services
 
 log = logging.getLogger(__name__)
 
+# processes started per second at most: a big run (or a crash loop) must not fork faster than the host copes
+SPAWN_RATE = 20.0
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -31,6 +33,7 @@ class ProcessGroup(Runtime):
         self.procs: dict[str, subprocess.Popen] = {}
         self.restarts = 0
         self._stopping = False
+        self._next_spawn = 0.0  # monotonic time before which no process is started
 
     @classmethod
     def create(cls, topo: Topology, services: Services) -> ProcessGroup:
@@ -38,6 +41,10 @@ class ProcessGroup(Runtime):
         return cls(topo, services.broker_url, services.store_url)
 
     def _spawn(self, name: str) -> subprocess.Popen:
+        wait = self._next_spawn - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        self._next_spawn = max(self._next_spawn, time.monotonic()) + 1.0 / SPAWN_RATE
         env = dict(os.environ)
         # URLs travel in the environment, never on a command line that `ps` shows to every user
         env.update(self.roles[name].env())

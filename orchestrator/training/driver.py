@@ -113,6 +113,14 @@ class Driver:
         lease = self.checkpoints.record.lease
         return 0 if lease is None else lease.token
 
+    def _latest(self) -> int:
+        """The latest committed checkpoint; RunDataLost if the store no longer knows the run."""
+        version = self.checkpoints.latest()
+        if version is None:
+            self.checkpoints.record.current()  # raises RunDataLost when the manifest is gone
+            raise TrainingError(f"run {self.topo.run_id} has no committed checkpoint to go back to")
+        return version
+
     def _check_lease(self) -> None:
         lease = self.checkpoints.record.lease
         if lease is not None:
@@ -275,7 +283,7 @@ class Driver:
                 params, accuracy = self.train(train, test, schedule, version)
                 break
             except RescaleRequested as req:
-                version, generation = self.checkpoints.latest(), self.generation + 1
+                version, generation = self._latest(), self.generation + 1
                 self._rescale(req.request, version, generation)
             except NeuronLost as exc:
                 if isinstance(exc, _Stalled):
@@ -285,7 +293,7 @@ class Driver:
                 self.recoveries += 1
                 if self.recoveries > self.options.max_recoveries:
                     raise TrainingError(f"gave up after {self.options.max_recoveries} recoveries: {exc}") from exc
-                version, generation = self.checkpoints.latest(), self.generation + 1
+                version, generation = self._latest(), self.generation + 1
                 log.warning("%s; generation %d replays from checkpoint %d", exc, generation, version)
         return TrainResult(params, accuracy, schedule.total_steps - start,
                            sum(n for step, n in self._sent.items() if step >= start), time.monotonic() - t0,

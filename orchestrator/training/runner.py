@@ -79,6 +79,8 @@ def train_run(
     schedule = make_schedule(config, len(train), max_steps)
     topo = build_plan(config, run_id, schedule.steps_per_epoch)
     options = dataclasses.replace(options or DriverOptions(), checkpoint_every=config.training.checkpoint_every)
+    if options.stall_timeout == DriverOptions.stall_timeout:  # an explicit option wins over the config
+        options = dataclasses.replace(options, stall_timeout=config.training.stall_timeout)
     own_broker, own_store = broker is None, store is None
     broker = broker or connect(config.broker)
     store = store or open_store(config.paramstore)

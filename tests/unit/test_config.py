@@ -537,3 +537,26 @@ def test_arbitrary_text_only_raises_config_error(text):
         parse_config(text)
     except ConfigError as err:
         assert err.path and err.reason
+
+
+def test_neurons_per_run_are_bounded_with_a_clear_error():
+    text = """
+neural_network:
+  num_of_hidden_layers: 1
+  num_nodes_per_layer: 10000
+  num_classes: 10
+  shards_per_layer: [5000, 1]
+"""
+    with pytest.raises(ConfigError) as exc:
+        parse_config(text)
+    assert str(exc.value).startswith("neural_network.shards_per_layer: 5001 neurons exceed the limit of 256")
+    raised = parse_config(text.replace("neural_network:\n", "neural_network:\n  max_neurons: 6000\n"))
+    assert sum(raised.network.shards) == 5001
+
+
+def test_stall_timeout_is_set_in_the_config():
+    text = "neural_network: {num_of_hidden_layers: 1, num_nodes_per_layer: 4, num_classes: 2}\n"
+    assert parse_config(text).training.stall_timeout == 120
+    assert parse_config(text + "training: {stall_timeout: 15}\n").training.stall_timeout == 15
+    with pytest.raises(ConfigError, match="training.stall_timeout"):
+        parse_config(text + "training: {stall_timeout: 0}\n")
