@@ -29,7 +29,7 @@ import numpy as np
 
 from broker.schemes import redact_url
 from paramstore.base import Store, dumps_json, loads_json
-from paramstore.errors import CheckpointError, CorruptValue, InvalidKey, RunDataLost
+from paramstore.errors import CheckpointError, CorruptValue, InvalidKey, RunDataLost, StoreError
 
 ROOT = "cuttlefish/"
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -365,7 +365,10 @@ class RunRecord:
         key = secrets.token_bytes(MESSAGE_KEY_BYTES)
         if self.store.put_many_if({self.keys.message_key: key}, {self.keys.message_key: None}):
             return key
-        return self.message_key()
+        existing = self.message_key()
+        if existing is None:  # there a moment ago: the store is losing the run's data
+            raise StoreError(f"the message key of run {self.run_id} vanished from the store")
+        return existing
 
     # -- heartbeats ---------------------------------------------------------------------------------
 
