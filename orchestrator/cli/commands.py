@@ -11,7 +11,6 @@ import shutil
 import sys
 from urllib.parse import urlsplit
 
-from broker import BACKENDS as BROKERS
 from broker.errors import BrokerError
 from broker.schemes import redact_url
 from compose import context as compose_context
@@ -21,18 +20,18 @@ from neuron.topology import RUN_ID
 from orchestrator.cli import operations
 from orchestrator.cli.operations import config_of
 from orchestrator.config import Config
+from orchestrator.config.loader import locate
 from orchestrator.config.plan import build_plan, format_plan
-from orchestrator.data.mnist import load_mnist, to_inputs
+from orchestrator.data.mnist import check_fits, load_mnist, to_inputs
 from orchestrator.data.model import describe, load_model, model_sizes, read_meta, save_model
 from orchestrator.data.pictures import load_digits
-from orchestrator.errors import ConfigError, DataError, ModelFileError, OrchestratorError
+from orchestrator.errors import ConfigError, DataError, ModelFileError, OrchestratorError, raise_all
 from orchestrator.runtimes import TARGETS
 from orchestrator.training.driver import DriverOptions
 from orchestrator.training.plot import chart, check_plot_path, write_chart
 from orchestrator.training.progress import Progress
 from orchestrator.training.reference import accuracy, predict
 from orchestrator.training.runner import make_schedule, new_run_id, train_run
-from paramstore import BACKENDS as STORES
 from paramstore import open_store
 from paramstore.checkpoint import Checkpoints
 from paramstore.errors import StoreError
@@ -139,31 +138,61 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _writable(path: str) -> str | None:
+    """Why `path` cannot be written, or None; probed by writing, since permissions alone do not tell (root, read-only mounts)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        return f"folder {folder} does not exist"
+    if os.path.isdir(path):
+        return f"{path} is a folder"
+    existed = os.path.exists(path)
+    try:
+        with open(path, "ab"):  # appending changes nothing in a file that exists
+            pass
+        # the model is written beside itself first, then moved into place
+        probe = f"{os.path.abspath(path)}.tmp.npz"
+        if not os.path.exists(probe):
+            with open(probe, "wb"):
+                pass
+            os.remove(probe)
+    except OSError as exc:
+        return f"cannot write {path}: {exc.strerror or exc}"
+    finally:
+        if not existed and os.path.exists(path) and os.path.getsize(path) == 0:
+            os.remove(path)
+    return None
+
+
 def _check_train_args(args: argparse.Namespace, config: Config) -> None:
+    """Every problem of train's flags at once, before anything starts (outputs are checked writable now, not after training)."""
+    problems = []
     if args.resume and args.resume_or_start:
-        raise ConfigError("--resume-or-start", "cannot be combined with --resume")
+        problems.append(ConfigError("--resume-or-start", "cannot be combined with --resume"))
     if (args.resume or args.resume_or_start) and not args.run_id:
-        raise ConfigError("--resume", "needs --run-id of the run to continue")
+        problems.append(ConfigError("--resume", "needs --run-id of the run to continue"))
     if args.resume_or_start and args.init:
-        raise ConfigError("--init", "cannot be combined with --resume-or-start")
+        problems.append(ConfigError("--init", "cannot be combined with --resume-or-start"))
     if args.resume and args.init:
-        raise ConfigError("--init", "cannot be combined with --resume (the run's checkpoint has the weights)")
+        problems.append(ConfigError("--init", "cannot be combined with --resume (the run's checkpoint has the weights)"))
     if args.max_steps is not None and args.max_steps < 1:
-        raise ConfigError("--max-steps", "must be at least 1")
+        problems.append(ConfigError("--max-steps", "must be at least 1"))
     if args.run_id and not RUN_ID.match(args.run_id):
-        raise ConfigError("--run-id", f"must be 1-64 of A-Z a-z 0-9 _ . - (got {args.run_id!r})")
+        problems.append(ConfigError("--run-id", f"must be 1-64 of A-Z a-z 0-9 _ . - (got {args.run_id!r})"))
     if args.plot:
-        check_plot_path(args.plot)
+        try:
+            check_plot_path(args.plot)
+        except ConfigError as exc:
+            problems.append(exc)
     for flag, path in (("--save-model", args.save_model), ("--metrics", args.metrics), ("--plot", args.plot)):
-        if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
-            raise ConfigError(flag, f"folder of {path} does not exist")
-    for key, url, known in (("broker", config.broker, BROKERS), ("paramstore", config.paramstore, STORES)):
-        if urlsplit(url).scheme not in known:
-            shown = redact_url(url)
-            raise ConfigError(key, f"unknown URL scheme in {shown!r}; known: {', '.join(s + '://' for s in known)}")
+        why = _writable(path) if path else None
+        if why:
+            problems.append(ConfigError(flag, why))
+    for key, url in (("broker", config.broker), ("paramstore", config.paramstore)):
         if args.target != "embedded" and urlsplit(url).scheme == "memory":
-            raise ConfigError(key, f"--target {args.target} runs a process per neuron, which cannot share a memory:// "
-                                   f"{key}; give --{'store' if key == 'paramstore' else key} a service URL")
+            problems.append(ConfigError(key, f"--target {args.target} runs a process per neuron, which cannot share "
+                                             f"a memory:// {key}; give --{'store' if key == 'paramstore' else key} "
+                                             "a service URL"))
+    raise_all(problems)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -171,6 +200,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     _check_train_args(args, config)
     train = load_mnist("train", args.data)
     test = load_mnist("test", args.data)
+    check_fits(config.network.num_inputs, config.network.num_classes, training=train, test=test)
     initial = None
     if args.init:
         initial = load_model(args.init, config.network.sizes, config.training.dtype)
@@ -318,6 +348,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except ConfigError as exc:
+        if getattr(args, "config", None):  # found after parsing: name the config file and the key's line
+            locate(exc, args.config)
         print(f"orchestrator: config error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except (DataError, ModelFileError) as exc:

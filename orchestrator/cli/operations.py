@@ -32,10 +32,12 @@ def config_of(args: argparse.Namespace) -> Config:
     config = load_config(args.config)
     if getattr(args, "epochs", None) is not None:
         config = config.with_training(epochs=args.epochs)
-    if getattr(args, "broker", None):
-        config = config.replace(broker=args.broker)
-    if getattr(args, "store", None):
-        config = config.replace(paramstore=args.store)
+    for flag, attr, key in (("--broker", "broker", "broker"), ("--store", "store", "paramstore")):
+        if getattr(args, attr, None):
+            try:
+                config = config.replace(**{key: getattr(args, attr)})
+            except ConfigError as exc:  # the flag's value is wrong, not the file's
+                raise ConfigError(flag, exc.reason) from None
     return config
 
 

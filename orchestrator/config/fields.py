@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from orchestrator.errors import ConfigError
+from broker.schemes import redact_url, scheme_of
+from orchestrator.errors import ConfigError, raise_all
 
 Converter = Callable[[Any, str], Any]
 
@@ -65,6 +66,20 @@ text_list = check(lambda v: isinstance(v, list) and all(isinstance(x, str) and x
 boolean = check(lambda v: isinstance(v, bool), "must be true or false")
 text = check(lambda v: isinstance(v, str) and v != "", "must be a non-empty string")
 url = check(lambda v: isinstance(v, str) and "://" in v, "must be a URL such as 'memory://'")
+
+
+def backend_url(known: Iterable[str]) -> Converter:
+    """Converter for a URL whose scheme names one of the `known` backends (shown with its password hidden)."""
+    schemes = tuple(known)
+
+    def convert(value: Any, path: str) -> str:
+        value = url(value, path)
+        if scheme_of(value) not in schemes:
+            raise ConfigError(path, f"unknown URL scheme in {redact_url(value)!r}; known: "
+                                    f"{', '.join(s + '://' for s in schemes)}")
+        return value
+
+    return convert
 
 
 def number(within: Callable[[float], bool], bounds: str) -> Converter:
@@ -139,21 +154,32 @@ class Field:
 
 
 def read_fields(data: Mapping, prefix: str, fields: tuple[Field, ...]) -> dict[str, Any]:
-    """Check keys of one mapping against a table and convert every field."""
+    """Check keys of one mapping against a table and convert every field; every problem is reported at once."""
+    values, unknown, wrong = _collect_fields(data, prefix, fields)
+    raise_all(unknown + wrong)
+    return values
+
+
+def _collect_fields(data: Mapping, prefix: str,
+                    fields: tuple[Field, ...]) -> tuple[dict[str, Any], list[ConfigError], list[ConfigError]]:
+    """(converted values, unknown-key problems, problems of the table's own keys) of one mapping."""
     allowed = [f.key for f in fields]
-    for key in data:
-        if key not in allowed:
-            raise ConfigError(join(prefix, str(key)), unknown_key_reason(str(key), allowed))
+    unknown = [ConfigError(join(prefix, str(key)), unknown_key_reason(str(key), allowed))
+               for key in data if key not in allowed]
+    problems: list[ConfigError] = []
     values = {}
     for field in fields:
         path = join(prefix, field.key)
-        if field.key in data:
-            values[field.name] = field.convert(data[field.key], path)
-        elif field.default is REQUIRED:
-            raise ConfigError(path, "required key missing")
-        elif field.default is not OWN:
-            values[field.name] = field.convert(field.default, path)
-    return values
+        try:
+            if field.key in data:
+                values[field.name] = field.convert(data[field.key], path)
+            elif field.default is REQUIRED:
+                raise ConfigError(path, "required key missing")
+            elif field.default is not OWN:
+                values[field.name] = field.convert(field.default, path)
+        except ConfigError as exc:  # a section's own collection is flattened into this one
+            problems.append(exc)
+    return values, unknown, problems
 
 
 def unknown_key_reason(key: str, allowed: list[str]) -> str:
@@ -189,7 +215,15 @@ def section(fields: tuple[Field, ...], build: Callable[[dict[str, Any], str], An
             value = {}
         if not isinstance(value, Mapping):
             raise ConfigError(path, f"must be a mapping of keys (got {show(value)})")
-        return build(read_fields(value, path, fields), path)
+        values, unknown, wrong = _collect_fields(value, path, fields)
+        if wrong:  # the section cannot be built: report its problems (and any misspelt keys)
+            raise_all(unknown + wrong)
+        try:  # the section's own cross-checks still run beside a misspelt key
+            built = build(values, path)
+        except ConfigError as exc:
+            unknown.append(exc)
+        raise_all(unknown)
+        return built
 
     return convert
 

@@ -5,11 +5,13 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from broker import BACKENDS as BROKERS
 from neuron.kernels import HIDDEN_ACTIVATIONS
 from neuron.optim import OPTIMIZERS
 from orchestrator.config.fields import (
     OWN,
     Field,
+    backend_url,
     boolean,
     choice,
     convert_changes,
@@ -24,7 +26,8 @@ from orchestrator.config.fields import (
     text_list,
     url,
 )
-from orchestrator.errors import ConfigError
+from orchestrator.errors import ConfigError, raise_all
+from paramstore import BACKENDS as STORES
 
 DTYPES = ("float32", "float64")
 MAX_NEURONS = 256  # neurons of a run at most by default: each is a process (or a thread) with its own queue
@@ -135,8 +138,8 @@ class Config:
 
 
 def _layer_name(index: int, num_hidden: int) -> str:
-    """Human name of the index-th sharded layer (hidden layers, then output)."""
-    return "the output layer" if index == num_hidden else f"hidden layer {index}"
+    """Human name of the index-th (0-based) sharded layer, numbered from 1 as plan and scale number them."""
+    return f"layer {index + 1} (the output layer)" if index == num_hidden else f"layer {index + 1}"
 
 
 def _per_layer(value: int | tuple[int, ...], count: int, path: str, why: str) -> tuple[int, ...]:
@@ -152,25 +155,35 @@ def _per_layer(value: int | tuple[int, ...], count: int, path: str, why: str) ->
 def _build_network(v: dict[str, Any], path: str) -> NetworkConfig:
     """Expand per-layer shorthands and check shard counts against layer widths."""
     num_hidden = v["num_hidden"]
-    hidden = _per_layer(
-        v["widths"], num_hidden, join(path, "num_nodes_per_layer"),
-        f"num_of_hidden_layers is {num_hidden}",
-    )
-    layers = (*hidden, v["num_classes"])
+    problems: list[ConfigError] = []
+    try:
+        hidden = _per_layer(
+            v["widths"], num_hidden, join(path, "num_nodes_per_layer"),
+            f"num_of_hidden_layers is {num_hidden}",
+        )
+    except ConfigError as exc:
+        problems.append(exc)
+        hidden = None
     shards_path = join(path, "shards_per_layer")
-    shards = _per_layer(
-        v["shards"], len(layers), shards_path, "one per hidden layer plus the output layer"
-    )
-    for i, (count, width) in enumerate(zip(shards, layers)):
-        if count > width:
-            # A neuron process with no neurons to own cannot exist, so never clamp silently.
-            where = shards_path if isinstance(v["shards"], int) else f"{shards_path}[{i}]"
-            layer = _layer_name(i, num_hidden)
-            reason = f"{count} shards exceed the width of {layer} ({width} neurons)"
-            raise ConfigError(where, reason)
-    if sum(shards) > v["max_neurons"]:
-        raise ConfigError(shards_path, f"{sum(shards)} neurons exceed the limit of {v['max_neurons']} per run "
-                                       f"({join(path, 'max_neurons')}; each neuron is a process with its own queue)")
+    try:
+        shards = _per_layer(
+            v["shards"], num_hidden + 1, shards_path, "one per hidden layer plus the output layer"
+        )
+    except ConfigError as exc:
+        problems.append(exc)
+        shards = None
+    if hidden is not None and shards is not None:
+        for i, (count, width) in enumerate(zip(shards, (*hidden, v["num_classes"]))):
+            if count > width:
+                # A neuron process with no neurons to own cannot exist, so never clamp silently.
+                where = shards_path if isinstance(v["shards"], int) else f"{shards_path}[{i}]"
+                layer = _layer_name(i, num_hidden)
+                problems.append(ConfigError(where, f"{count} shards exceed the width of {layer} ({width} neurons)"))
+        if sum(shards) > v["max_neurons"]:
+            problems.append(ConfigError(shards_path, f"{sum(shards)} neurons exceed the limit of {v['max_neurons']} "
+                                                     f"per run ({join(path, 'max_neurons')}; each neuron is a process "
+                                                     "with its own queue)"))
+    raise_all(problems)
     return NetworkConfig(
         num_inputs=v["num_inputs"], hidden=hidden, num_classes=v["num_classes"],
         activation=v["activation"], shards=shards, max_neurons=v["max_neurons"],
@@ -260,8 +273,8 @@ DEPLOY_FIELDS = (
 
 # top-level keys that Config.replace may change
 SCALAR_FIELDS = (
-    Field("broker", url, OWN),
-    Field("paramstore", url, OWN),
+    Field("broker", backend_url(BROKERS), OWN),
+    Field("paramstore", backend_url(STORES), OWN),
 )
 
 # the sections of a config file

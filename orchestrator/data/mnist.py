@@ -22,7 +22,7 @@ from typing import Sequence
 import numpy as np
 
 from orchestrator.data.png import PNG_MAGIC, png_grayscale
-from orchestrator.errors import DataError
+from orchestrator.errors import ConfigError, DataError, raise_all
 
 MIRRORS = (
     "https://ossci-datasets.s3.amazonaws.com/mnist/",
@@ -70,6 +70,29 @@ class Dataset:
     def __len__(self) -> int:
         """Number of samples."""
         return int(self.labels.shape[0])
+
+
+def check_fits(num_inputs: int, num_classes: int, **datasets: Dataset | None) -> None:
+    """ConfigError naming the config key and both numbers when a network cannot take the data sets given by name.
+
+    Checked before any neuron starts: a network too narrow for the images, or with fewer classes than the
+    labels, would only be found out by neurons rejecting every message.
+    """
+    problems = []
+    for name, data in datasets.items():
+        if data is None or not len(data):
+            continue
+        pixels, top = data.images.shape[1], int(data.labels.max())
+        if num_inputs != pixels:
+            problems.append(ConfigError("neural_network.num_inputs",
+                                        f"is {num_inputs}, but the {name} set's images have {pixels} pixels"))
+        if num_classes <= top:
+            problems.append(ConfigError("neural_network.num_classes",
+                                        f"is {num_classes}, but the {name} set's labels go up to {top} "
+                                        f"(so {top + 1} classes are needed)"))
+        if problems:
+            break  # the other sets are MNIST's too: one set tells it
+    raise_all(problems)
 
 
 def parse_idx(raw: bytes, name: str = "<bytes>") -> np.ndarray:

@@ -10,7 +10,7 @@ import base64
 
 from neuron.topology import Topology
 from orchestrator.config import Config
-from orchestrator.errors import ConfigError
+from orchestrator.errors import ConfigError, raise_all
 
 # Fargate's task sizes: cpu units -> (smallest, largest, step) of the memory (MiB) it accepts with them
 FARGATE_SIZES = {256: (512, 2048, 512), 512: (1024, 4096, 1024), 1024: (2048, 8192, 1024),
@@ -65,10 +65,7 @@ def _check(config: Config, region: str | None) -> str:
         problems.append(("ecs.execution_role_arn", "is needed to read the secrets and write the logs"))
     if ecs.self_hosted and not (ecs.password_secret_arn and ecs.vpc_id):
         problems.append(("ecs.password_secret_arn", "and ecs.vpc_id are needed when self_hosted is true"))
-    if problems:
-        path, reason = problems[0]
-        more = f" (and {len(problems) - 1} more: {', '.join(p for p, _ in problems[1:])})" if len(problems) > 1 else ""
-        raise ConfigError(path, reason + more)
+    raise_all([ConfigError(path, reason) for path, reason in problems])
     return region
 
 

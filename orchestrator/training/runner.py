@@ -12,7 +12,7 @@ from broker.schemes import redact_url
 from neuron.topology import Topology
 from orchestrator.config import Config
 from orchestrator.config.plan import build_plan
-from orchestrator.data.mnist import Dataset
+from orchestrator.data.mnist import Dataset, check_fits
 from orchestrator.data.model import Params, init_params
 from orchestrator.errors import TrainingError
 from orchestrator.runtimes import TARGETS, Runtime, Services, runtime_for
@@ -76,6 +76,7 @@ def train_run(
     """
     if target not in TARGETS:  # before anything is opened
         raise TrainingError(f"unknown target {target!r}; known: {', '.join(TARGETS)}")
+    check_fits(config.network.num_inputs, config.network.num_classes, training=train, test=test)
     schedule = make_schedule(config, len(train), max_steps)
     topo = build_plan(config, run_id, schedule.steps_per_epoch)
     options = dataclasses.replace(options or DriverOptions(), checkpoint_every=config.training.checkpoint_every)

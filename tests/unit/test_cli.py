@@ -31,7 +31,7 @@ def test_seed_config_plans_unchanged(capsys):
      "training.learnig_rate: unknown key (did you mean 'learning_rate'?)"),
     ("neural_network: {num_of_hidden_layers: 1, num_nodes_per_layer: 4, num_classes: 10, shards_per_layer: 9}\n",
      "neural_network.shards_per_layer"),
-    ("neural_network: [1, 2\n", "<file>: invalid YAML"),
+    ("neural_network: [1, 2\n", "bad.yaml:2: invalid YAML"),
 ])
 def test_bad_config_exits_2_with_the_path(tmp_path, capsys, text, where):
     path = tmp_path / "bad.yaml"
@@ -98,8 +98,8 @@ def test_init_and_resume_through_the_cli(mnist_dir, tmp_path, capsys):
     (["--run-id", "a/b"], "--run-id"),
     (["--save-model", "/nonexistent/dir/m.npz"], "--save-model"),
     (["--metrics", "/nonexistent/dir/m.jsonl"], "--metrics"),
-    (["--broker", "kafka://x"], "broker: unknown URL scheme"),
-    (["--store", "s3://bucket"], "paramstore: unknown URL scheme"),
+    (["--broker", "kafka://x"], "--broker: unknown URL scheme"),
+    (["--store", "s3://bucket"], "--store: unknown URL scheme"),
 ])
 def test_bad_train_arguments_exit_2_before_training(capsys, extra, where):
     assert main(["train", TINY, "--data", "/nonexistent", *extra]) == 2

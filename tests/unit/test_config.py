@@ -247,19 +247,19 @@ def test_missing_file(tmp_path):
     missing = tmp_path / "nope.yaml"
     with pytest.raises(ConfigError) as info:
         load_config(missing)
-    assert info.value.path == "<file>"
-    assert info.value.reason == f"cannot read {missing}: No such file or directory"
+    assert info.value.path == "" and info.value.file == str(missing)
+    assert str(info.value) == f"{missing}: cannot read it: No such file or directory"
 
 
 def test_directory_is_unreadable(tmp_path):
-    with pytest.raises(ConfigError, match=r"^<file>: cannot read "):
+    with pytest.raises(ConfigError, match=f"^{tmp_path}: cannot read it: "):
         load_config(tmp_path)
 
 
 def test_non_utf8_file(tmp_path):
     path = tmp_path / "bin.yaml"
     path.write_bytes(b"\xff\xfe\x00garbage")
-    with pytest.raises(ConfigError, match=r"^<file>: cannot read .*not UTF-8"):
+    with pytest.raises(ConfigError, match=r"bin.yaml: cannot read it: not UTF-8"):
         load_config(path)
 
 
@@ -268,8 +268,9 @@ def test_yaml_syntax_error_reports_line_and_column(tmp_path):
     path.write_text("neural_network:\n  num_classes: 10\n   bad: [1, 2\n")
     with pytest.raises(ConfigError) as info:
         load_config(path)
-    assert info.value.path == "<file>"
-    assert info.value.reason.startswith("invalid YAML at line 3, column ")
+    # the real file and the line, like a compiler's message
+    assert info.value.file == str(path) and info.value.line == 3
+    assert str(info.value).startswith(f"{path}:3: invalid YAML (column ")
 
 
 def test_duplicate_key_is_an_error():
@@ -280,20 +281,20 @@ def test_duplicate_key_is_an_error():
           num_classes: 3
         """
     )
-    assert str(err) == "<file>: invalid YAML at line 3, column 3: duplicate key 'num_classes'"
+    assert str(err) == "<string>:3: invalid YAML (column 3): duplicate key 'num_classes'"
 
 
 @pytest.mark.parametrize("text", ["", "   \n", "# only a comment\n"])
 def test_empty_document(text):
     err = text_error(text)
-    assert err.path == "<file>"
+    assert err.path == "" and err.file == "<string>"
     assert "empty" in err.reason
 
 
 @pytest.mark.parametrize("text", ["- a\n- b\n", "just a string\n", "42\n"])
 def test_top_level_not_a_mapping(text):
     err = text_error(text)
-    assert err.path == "<file>"
+    assert err.path == "" and err.file == "<string>"
     assert err.reason.startswith("top level must be a mapping")
 
 
@@ -473,7 +474,7 @@ def test_shard_list_element_exceeding_width_names_index_and_layer():
     data = with_section("neural_network", num_nodes_per_layer=[4, 2], shards_per_layer=[4, 3, 1])
     err = error_of(data)
     assert err.path == "neural_network.shards_per_layer[1]"
-    assert err.reason == "3 shards exceed the width of hidden layer 1 (2 neurons)"
+    assert err.reason == "3 shards exceed the width of layer 2 (2 neurons)"  # numbered as plan numbers it
 
 
 def test_shard_list_element_below_one():
@@ -485,14 +486,14 @@ def test_shard_int_too_large_names_the_layer():
     # width 4 hidden layers but only 3 classes: the output layer is the narrow one.
     err = error_of(with_section("neural_network", shards_per_layer=4))
     assert err.path == "neural_network.shards_per_layer"
-    assert err.reason == "4 shards exceed the width of the output layer (3 neurons)"
+    assert err.reason == "4 shards exceed the width of layer 3 (the output layer) (3 neurons)"
 
 
 def test_shard_int_too_large_for_hidden_layer():
     data = with_section("neural_network", num_nodes_per_layer=[8, 2], num_classes=10,
                         shards_per_layer=3)
     err = error_of(data)
-    assert err.reason == "3 shards exceed the width of hidden layer 1 (2 neurons)"
+    assert err.reason == "3 shards exceed the width of layer 2 (2 neurons)"
 
 
 def test_non_string_key_reported():
@@ -525,7 +526,7 @@ def test_arbitrary_mappings_only_raise_config_error(data):
     try:
         cfg = config_from_mapping(data)
     except ConfigError as err:
-        assert err.path and err.reason
+        assert all(p.path and p.reason for p in err.problems)
     else:
         assert isinstance(cfg, Config)
 
@@ -535,8 +536,8 @@ def test_arbitrary_mappings_only_raise_config_error(data):
 def test_arbitrary_text_only_raises_config_error(text):
     try:
         parse_config(text)
-    except ConfigError as err:
-        assert err.path and err.reason
+    except ConfigError as err:  # every problem names the file and what is wrong
+        assert all(p.file == "<string>" and p.reason for p in err.problems)
 
 
 def test_neurons_per_run_are_bounded_with_a_clear_error():
@@ -549,7 +550,7 @@ neural_network:
 """
     with pytest.raises(ConfigError) as exc:
         parse_config(text)
-    assert str(exc.value).startswith("neural_network.shards_per_layer: 5001 neurons exceed the limit of 256")
+    assert str(exc.value).startswith("<string>:6: neural_network.shards_per_layer: 5001 neurons exceed the limit of 256")
     raised = parse_config(text.replace("neural_network:\n", "neural_network:\n  max_neurons: 6000\n"))
     assert sum(raised.network.shards) == 5001
 
