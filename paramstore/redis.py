@@ -39,9 +39,13 @@ for j = n + 1, #KEYS do
 end
 return 1
 """
-# the first word of a refusal, and what it means to whoever reads the error line
-_REFUSALS = {"OOM": "it is out of memory (maxmemory)", "READONLY": "it is a read-only replica",
-             "MISCONF": "it cannot save to its disk", "NOPERM": "the user lacks the permission"}
+# refusals that retrying cannot cure: redis-py's class (it strips the code word), the code word, the reason shown
+_REFUSALS = (
+    (rex.OutOfMemoryError, "OOM", "it is out of memory (maxmemory)"),
+    (rex.ReadOnlyError, "READONLY", "it is a read-only replica"),
+    (rex.NoPermissionError, "NOPERM", "the user lacks the permission"),
+    (None, "MISCONF", "it cannot save to its disk"),
+)
 
 
 class RedisStore(Store):
@@ -156,8 +160,9 @@ def _refusal(url: str, exc: rex.ResponseError) -> StoreError:
     text = str(exc)
     # a refused pipeline names its command with every argument: weights, in a checkpoint write
     text = text.rsplit("caused error: ", 1)[-1].splitlines()[0] if text else type(exc).__name__
+    text = text.split(" script: ", 1)[0]  # a refusal inside a Lua script names the script and its line
     text = text.encode("ascii", "replace").decode()[:200]
-    word = text.split(" ", 1)[0]
-    if word in _REFUSALS:
-        return StoreRefused(url, f"{_REFUSALS[word]} ({word})")
+    for cls, word, reason in _REFUSALS:
+        if (cls is not None and isinstance(exc, cls)) or text.startswith(word):
+            return StoreRefused(url, f"{reason} ({word})")
     return StoreError(f"{redact_url(url)} refused the request: {text}")

@@ -24,7 +24,7 @@ from orchestrator.training import rescale
 from orchestrator.training.rescale import RescaleRequested
 from orchestrator.training.schedule import Schedule
 from paramstore.checkpoint import Checkpoints
-from paramstore.errors import CheckpointError
+from paramstore.errors import CheckpointError, LeaseLost
 from paramstore.run import Rescale, ScaleRequest
 
 log = logging.getLogger(__name__)
@@ -323,7 +323,7 @@ class Driver:
     def stop(self) -> None:
         """Tell every actor to exit."""
         lease = self.checkpoints.record.lease
-        if lease is not None and lease.lost is not None:
+        if lease is not None and isinstance(lease.lost, LeaseLost):
             return  # superseded: the actors belong to the driver that took the run over
         self._control(protocol.Stop(self.generation, self.token))
 

@@ -231,3 +231,9 @@ def test_a_redis_refusal_names_the_store_and_shows_no_bytes():
     other = _refusal("redis://db:6379/0", rex.ResponseError("Command # 2 (SET k b'\\x00') of pipeline caused error: "
                                                             "WRONGTYPE Operation against a key"))
     assert "\\x00" not in str(other) and "WRONGTYPE" in str(other)
+    # redis-py strips the code word into the class; a refusal inside a script names the script
+    scripted = _refusal("redis://db:6379/0", rex.OutOfMemoryError(
+        "command not allowed when used memory > 'maxmemory'. script: 9646e8ef, on @user_script:12."))
+    assert isinstance(scripted, StoreRefused) and "script" not in str(scripted)
+    assert isinstance(_refusal("redis://db/0", rex.ReadOnlyError("You can't write against a read only replica.")),
+                      StoreRefused)

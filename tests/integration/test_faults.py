@@ -1,0 +1,246 @@
+"""Attacks and faults against real RabbitMQ and Redis containers: forged messages sent with another AMQP client
+(py-amqp), two drivers on one run, Redis restarted without persistence, paused, out of memory.
+
+Each test ends either bitwise equal to an undisturbed run or with a clear error within a stated time.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from urllib.parse import unquote, urlsplit
+
+import numpy as np
+import pytest
+
+from neuron import codec, protocol
+from neuron.role import HEAD, Role
+from orchestrator.config import load_config
+from orchestrator.config.plan import build_plan
+from orchestrator.errors import TrainingError
+from orchestrator.training.runner import train_run
+from paramstore import open_store
+from paramstore.errors import StoreError
+from paramstore.run import RunRecord
+from tests import services
+from tests.conftest import ROOT, require
+
+pytestmark = pytest.mark.integration
+
+CONFIG = ROOT / "examples" / "tiny.yaml"
+STEPS = 64  # two epochs of small_mnist, a checkpoint every 8 steps
+
+
+def _config(amqp_url=None, redis_url=None):
+    config = load_config(CONFIG).with_training(epochs=2, checkpoint_every=8, stall_timeout=60)
+    return config.replace(broker=amqp_url, paramstore=redis_url) if amqp_url else config
+
+
+def _same(a, b) -> bool:
+    return len(a) == len(b) and all(np.array_equal(w1, w2) and np.array_equal(b1, b2)
+                                    for (w1, b1), (w2, b2) in zip(a, b))
+
+
+@pytest.fixture(scope="module")
+def reference(small_mnist):
+    """Weights of the undisturbed embedded run (memory broker and store)."""
+    train, test = small_mnist
+    return train_run(_config(), train, test, run_id="ref", max_steps=STEPS).params
+
+
+@pytest.fixture
+def own_redis():
+    """(URL by container address, container) of a Redis of this test alone: the test restarts, pauses or fills it."""
+    problem = services.docker_problem()
+    require(problem is None, f"needs Docker: {problem}")
+    with services.redis() as (url, box):
+        container = box.get_wrapped_container()
+        container.reload()
+        ip = container.attrs["NetworkSettings"]["IPAddress"]
+        password = urlsplit(url).password
+        # by address, not a published port: the port mapping may change when the container restarts
+        yield f"redis://:{password}@{ip}:6379/0", box, password
+
+
+def _wait_for_step(redis_url: str, run_id: str, step: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    with open_store(redis_url) as store:
+        record = RunRecord(store, run_id)
+        while time.monotonic() < deadline:
+            if any((b.get("step") or 0) >= step for b in record.heartbeats().values()):
+                return
+            time.sleep(0.05)
+    raise AssertionError(f"run {run_id} did not reach step {step}")
+
+
+def _raw_publish(amqp_url: str, messages: list[tuple[str, bytes]]) -> None:
+    """Publish with py-amqp (not pika, which the runtime uses) through the default exchange."""
+    import amqp
+
+    parts = urlsplit(amqp_url)
+    conn = amqp.Connection(host=f"{parts.hostname}:{parts.port}", userid=unquote(parts.username),
+                           password=unquote(parts.password), virtual_host="/")
+    conn.connect()
+    try:
+        channel = conn.channel()
+        for queue, body in messages:
+            channel.basic_publish(amqp.Message(body), exchange="", routing_key=queue)
+    finally:
+        conn.close()
+
+
+def test_forged_messages_from_another_client_change_nothing(small_mnist, reference, amqp_url, redis_url):
+    """Forged LABELS, next-generation inputs, control and reports, signed with a guessed key: all dead-lettered."""
+    train, test = small_mnist
+    config, run_id = _config(amqp_url, redis_url), f"it-forged-{os.getpid()}"
+    topo = build_plan(config, run_id, len(train) // config.training.batch_size)
+    sign = dict(key=os.urandom(32))  # what an attacker without the run's key can do
+    tag, forged = topo.run_tag, []
+    for step in range(10, 18):  # wrong labels for the loss head, ahead of the real ones (dedup keeps the first)
+        forged.append((HEAD.queue(run_id), codec.encode(protocol.LABELS, tag, 1, step, nmicro=4,
+                                                        array=np.zeros(64, np.int32), **sign)))
+    for micro in range(4):  # inputs for a generation not started yet: they would wait in the buffer
+        forged.append((topo.queue(1, 0), codec.encode(protocol.ACT, tag, 2, 0, micro=micro, nmicro=4,
+                                                      array=np.full((16, 784), 255, np.uint8), **sign)))
+    forged.append((topo.queue(1, 0), codec.encode(protocol.CONTROL, tag, 1, 0, **sign,
+                                                  data=protocol.Start(2, 0, None, 99).to_data())))
+    for role in topo.roles():
+        forged.append((role.queue(run_id), codec.encode(protocol.CONTROL, tag, 1, 0, **sign,
+                                                        data=protocol.Stop(2 ** 32 - 1, 99).to_data())))
+    driver = topo.queue(0)
+    forged.append((driver, codec.encode(protocol.REPORT, tag, 1, 0, source=Role(1, 0), **sign,
+                                        data={"event": "failed", "actor": "L1.0", "error": "attacker's text"})))
+    forged += [(driver, codec.encode(protocol.REPORT, tag, 1, 0, source=Role(1, 0), **sign,
+                                     data={"event": "hello", "actor": "L1.0", "pid": 1})) for _ in range(51)]
+    forged.append((driver, codec.encode(protocol.REPORT, tag, 1, 0, source=Role(1, 0), **sign,
+                                        data={"event": "checkpoint", "actor": "L1.0", "version": 9999})))
+    sent = []
+
+    def attack(runtime):
+        def loop():
+            _wait_for_step(redis_url, run_id, 5)
+            _raw_publish(amqp_url, forged)
+            sent.append(len(forged))
+        threading.Thread(target=loop, daemon=True).start()
+
+    result = train_run(config, train, test, run_id=run_id, max_steps=STEPS, target="local", on_actors=attack)
+    assert sent == [len(forged)] and result.recoveries == 0
+    assert _same(result.params, reference)
+    import amqp
+
+    parts = urlsplit(amqp_url)
+    conn = amqp.Connection(host=f"{parts.hostname}:{parts.port}", userid=unquote(parts.username),
+                           password=unquote(parts.password), virtual_host="/")
+    conn.connect()
+    reasons = []
+    try:
+        channel = conn.channel()
+        while (message := channel.basic_get(topo.dead_letter_queue, no_ack=True)) is not None:
+            reasons.append(str(message.headers.get("x-cuttlefish-reason", "")))
+    finally:
+        conn.close()
+    assert len(reasons) == len(forged) and all(r.startswith("BadSignature") for r in reasons), reasons[:3]
+
+
+def test_a_second_driver_is_refused_at_once_and_the_first_finishes_bitwise(small_mnist, reference, amqp_url,
+                                                                          redis_url):
+    train, test = small_mnist
+    config, run_id = _config(amqp_url, redis_url), f"it-two-{os.getpid()}"
+    outcomes = {}
+
+    def second_driver(runtime):
+        def loop():
+            _wait_for_step(redis_url, run_id, 5)
+            for mode in ("start", "resume"):
+                t0 = time.monotonic()
+                try:
+                    train_run(config, train, test, run_id=run_id, max_steps=STEPS, resume=mode == "resume",
+                              target="local")
+                    outcomes[mode] = ("trained", time.monotonic() - t0)
+                except TrainingError as exc:
+                    outcomes[mode] = (str(exc), time.monotonic() - t0)
+        threading.Thread(target=loop, daemon=True).start()
+
+    result = train_run(config, train, test, run_id=run_id, max_steps=STEPS, target="local", on_actors=second_driver)
+    deadline = time.monotonic() + 30
+    while len(outcomes) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _same(result.params, reference) and result.recoveries == 0
+    start, resume = outcomes["start"], outcomes["resume"]
+    assert "driven by another driver" in start[0] and "second driver is refused" in start[0] and start[1] < 2
+    # a resuming driver first waits to see whether the holder still renews its lease: a third of its 15 s
+    assert "driven by another driver" in resume[0] and resume[1] < 8
+
+
+def test_redis_restarted_without_persistence_ends_the_run_clearly(small_mnist, amqp_url, own_redis):
+    """The run's manifest vanished under it: the run ends within 30 s and nothing is recreated."""
+    train, test = small_mnist
+    redis_url, box, password = own_redis
+    config, run_id = _config(amqp_url, redis_url), f"it-lost-{os.getpid()}"
+
+    def restart(runtime):
+        def loop():
+            _wait_for_step(redis_url, run_id, 12)
+            box.exec(["redis-cli", "-a", password, "--no-auth-warning", "CONFIG", "SET", "save", ""])
+            box.get_wrapped_container().restart(timeout=5)
+            restarted.append(time.monotonic())
+        threading.Thread(target=loop, daemon=True).start()
+
+    restarted = []
+    with pytest.raises((TrainingError, StoreError)) as exc:
+        train_run(config, train, test, run_id=run_id, max_steps=10 * STEPS, target="local", on_actors=restart)
+    ended = time.monotonic()
+    assert restarted and ended - restarted[0] < 30
+    assert "lost run" in str(exc.value) or "no longer has the manifest" in str(exc.value), str(exc.value)
+    assert "restarted without persistence" in str(exc.value)
+    with open_store(redis_url) as store:
+        assert RunRecord(store, run_id).manifest() is None  # never recreated
+
+
+def test_an_8_second_redis_pause_is_ridden_out_bitwise(small_mnist, reference, amqp_url, own_redis):
+    train, test = small_mnist
+    redis_url, box, _ = own_redis
+    config, run_id = _config(amqp_url, redis_url), f"it-pause-{os.getpid()}"
+    paused = []
+
+    def pause(runtime):
+        def loop():
+            _wait_for_step(redis_url, run_id, 6)
+            container = box.get_wrapped_container()
+            container.pause()
+            time.sleep(8)
+            container.unpause()
+            paused.append(True)
+        threading.Thread(target=loop, daemon=True).start()
+
+    result = train_run(config, train, test, run_id=run_id, max_steps=STEPS, target="local", on_actors=pause)
+    assert paused and _same(result.params, reference)
+
+
+def test_redis_out_of_memory_ends_the_run_at_once_naming_the_store(small_mnist, amqp_url, own_redis, capsys,
+                                                                    tmp_path, mnist_dir):
+    """Exit 1 within 30 s of the store filling up, with one readable line naming the store, no bytes."""
+    from orchestrator.cli import main
+
+    redis_url, box, password = own_redis
+    run_id = f"it-oom-{os.getpid()}"
+    filled = []
+
+    def fill():
+        _wait_for_step(redis_url, run_id, 4, timeout=120)
+        code, out = box.exec(["redis-cli", "-a", password, "--no-auth-warning", "INFO", "memory"])
+        used = int(next(line.split(":")[1] for line in out.decode().splitlines() if line.startswith("used_memory:")))
+        box.exec(["redis-cli", "-a", password, "--no-auth-warning", "CONFIG", "SET", "maxmemory-policy", "noeviction"])
+        box.exec(["redis-cli", "-a", password, "--no-auth-warning", "CONFIG", "SET", "maxmemory", str(used + 4096)])
+        filled.append(time.monotonic())
+
+    threading.Thread(target=fill, daemon=True).start()
+    rc = main(["train", str(CONFIG), "--data", str(mnist_dir), "--target", "local", "--broker", amqp_url,
+               "--store", redis_url, "--run-id", run_id, "--max-steps", "2000", "--quiet"])
+    ended = time.monotonic()
+    err = capsys.readouterr().err
+    assert rc == 1 and filled and ended - filled[0] < 30
+    line = [x for x in err.splitlines() if x.startswith("orchestrator: error:")]
+    assert len(line) == 1, err
+    assert "out of memory" in line[0] and "redis://:***@" in line[0], line[0]
+    assert password not in err and "\\x" not in line[0] and "b'" not in line[0]
