@@ -7,7 +7,9 @@ plain compose-spec YAML that both `docker compose` (v2) and `docker-compose` (v1
 from __future__ import annotations
 
 import copy
+import hashlib
 import os
+import re
 
 import yaml
 
@@ -104,10 +106,26 @@ def render(topo: Topology, deploy, *, config_path: str, image: dict | None = Non
     return {"services": services, "volumes": {"redis-data": {}}}
 
 
+# the last header line: which config the file is for, and a hash of what follows, so that deploy can tell
+# a file it wrote (and may replace) from one written or edited by hand (which it must not)
+MARKER = "# cuttlefish-deploy: config={config} sha256={digest}\n"
+_MARKER = re.compile(r"^# cuttlefish-deploy: config=(?P<config>.*) sha256=(?P<digest>[0-9a-f]{64})$", re.MULTILINE)
+
+
 def dump(document: dict, config_label: str) -> str:
-    """The compose document as YAML text with its explanatory header."""
+    """The compose document as YAML text with its explanatory header and its marker."""
     body = yaml.safe_dump(document, sort_keys=False, default_flow_style=False, width=200)
-    return HEADER.format(config=config_label) + body
+    digest = hashlib.sha256(body.encode()).hexdigest()
+    return HEADER.format(config=config_label) + MARKER.format(config=config_label, digest=digest) + body
+
+
+def generated_for(text: str) -> str | None:
+    """The config label a compose file was generated for, or None if deploy did not write it or it was edited."""
+    found = _MARKER.search(text)
+    if found is None:
+        return None
+    body = text[found.end() + 1:]
+    return found["config"] if hashlib.sha256(body.encode()).hexdigest() == found["digest"] else None
 
 
 def relative(path: str, start: str) -> str:

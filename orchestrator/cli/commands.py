@@ -17,6 +17,7 @@ from compose import context as compose_context
 from neuron.errors import NeuronError
 from neuron.kernels import HIDDEN_ACTIVATIONS
 from neuron.topology import RUN_ID
+from orchestrator import __version__
 from orchestrator.cli import operations
 from orchestrator.cli.operations import config_of
 from orchestrator.config import Config
@@ -43,15 +44,23 @@ EXIT_USAGE = 2
 def _parser() -> argparse.ArgumentParser:
     prog = "cuttlefish" if os.path.basename(sys.argv[0]) == "cuttlefish" else "python -m orchestrator"
     p = argparse.ArgumentParser(prog=prog, description="Cuttlefish: train a YAML network as message-passing neurons.")
-    sub = p.add_subparsers(dest="command", required=True)
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}",
+                   help="print the version and exit")
+    p.add_argument("--log-level", type=_log_level, metavar="LEVEL",
+                   help=f"the driver's logging: {', '.join(LOG_LEVELS)} [CUTTLEFISH_LOG_LEVEL] (default WARNING)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # --log-level also after the command (`train CONFIG --log-level INFO`), where people put it
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--log-level", type=_log_level, metavar="LEVEL", default=argparse.SUPPRESS,
+                        help="the driver's logging level (as before the command)")
 
-    plan = sub.add_parser("plan", help="show the neurons a config is split into")
-    plan.add_argument("config")
+    plan = sub.add_parser("plan", parents=[common], help="show the neurons a config is split into")
+    plan.add_argument("config", help="the YAML config")
 
-    train = sub.add_parser("train", help="train a network")
-    train.add_argument("config")
+    train = sub.add_parser("train", parents=[common], help="train a network")
+    train.add_argument("config", help="the YAML config")
     train.add_argument("--data", help="folder with the MNIST IDX files")
-    train.add_argument("--epochs", type=int)
+    train.add_argument("--epochs", type=int, help="epochs to train (default: the config's training.epochs)")
     train.add_argument("--max-steps", type=int, help="stop after this many steps in all")
     train.add_argument("--target", choices=TARGETS, default="embedded",
                        help="embedded: a thread per neuron; local: a supervised OS process per neuron; "
@@ -72,35 +81,42 @@ def _parser() -> argparse.ArgumentParser:
                        help="write per-step and per-epoch metrics here as JSON Lines (a resumed run appends)")
     train.add_argument("--quiet", action="store_true", help="no progress output")
 
-    dep = sub.add_parser("deploy", help="write what runs the network on a deployment target")
-    dep.add_argument("config")
-    dep.add_argument("--target", choices=("compose", "ecs"), required=True)
-    dep.add_argument("-o", "--output", default="docker-compose.yml", help="compose: file to write ('-' for standard output)")
+    dep = sub.add_parser("deploy", parents=[common], help="write what runs the network on a deployment target")
+    dep.add_argument("config", help="the YAML config")
+    dep.add_argument("--target", choices=("compose", "ecs"), required=True,
+                     help="compose: write a docker-compose file; ecs: create or update the run's ECS services")
+    dep.add_argument("-o", "--output",
+                     help="compose: the file to write (default docker-compose.yml; '-' for standard output); "
+                          "ecs: write the plan as JSON to this file too")
     dep.add_argument("--run-id", help="run id the services train (default: cf-<config name>)")
     dep.add_argument("--region", help="ecs: AWS region (default: the config's ecs.region, else AWS_REGION, "
                                      "AWS_DEFAULT_REGION or the AWS profile's region)")
-    dep.add_argument("--dry-run", action="store_true", help="ecs: print the plan as JSON and call nothing")
+    dep.add_argument("--dry-run", action="store_true",
+                     help="change nothing: compose prints the file it would write, ecs prints its plan as JSON "
+                          "(or writes it to -o) and calls nothing")
+    dep.add_argument("--force", action="store_true",
+                     help="compose: replace the output file even if deploy did not write it for this config")
     dep.add_argument("--image", help="compose: run this prebuilt runtime image instead of building one")
     dep.add_argument("--build-context", metavar="DIR",
                      help="compose: build the runtime image from this folder (default: this checkout; installed "
                           "from a wheel, a copy written next to the compose file)")
 
-    down = sub.add_parser("teardown", help="remove what deploy created")
-    down.add_argument("config")
-    down.add_argument("--target", choices=("ecs",), required=True)
+    down = sub.add_parser("teardown", parents=[common], help="remove what deploy created")
+    down.add_argument("config", help="the YAML config it was deployed from")
+    down.add_argument("--target", choices=("ecs",), required=True, help="ecs: remove the run's services and task definitions")
     down.add_argument("--run-id", help="run id (default: cf-<config name>)")
-    down.add_argument("--region")
+    down.add_argument("--region", help="AWS region (default as for deploy)")
 
-    st = sub.add_parser("status", help="the neurons and progress of a run")
+    st = sub.add_parser("status", parents=[common], help="the neurons and progress of a run")
     st.add_argument("config", nargs="?", help="YAML config whose store and broker URLs to use")
     st.add_argument("--store", default=os.environ.get("CUTTLEFISH_STORE"), help="parameter store URL [CUTTLEFISH_STORE]")
     st.add_argument("--broker", default=os.environ.get("CUTTLEFISH_BROKER"), help="broker URL for queue depths [CUTTLEFISH_BROKER]")
     st.add_argument("--run-id", help="the run (default: the newest in the store)")
     st.add_argument("--target", choices=("store", "ecs"), default="store",
                     help="store: neurons and progress from the store; ecs: the run's ECS services")
-    st.add_argument("--region")
+    st.add_argument("--region", help="ecs: AWS region (default as for deploy)")
 
-    sc = sub.add_parser("scale", help="split a layer of a running run into a different number of neurons")
+    sc = sub.add_parser("scale", parents=[common], help="split a layer of a running run into a different number of neurons")
     sc.add_argument("config", nargs="?", help="YAML config whose store URL to use")
     sc.add_argument("--layer", type=int, required=True, help="layer number (1 = first hidden layer)")
     sc.add_argument("--shards", type=int, required=True, help="neurons the layer is split into from now on")
@@ -112,17 +128,17 @@ def _parser() -> argparse.ArgumentParser:
                          "regenerates the compose file and applies it to that layer's services")
     sc.add_argument("-f", "--compose-file", default="docker-compose.yml", help="compose: the file to regenerate")
 
-    ev = sub.add_parser("evaluate", help="test accuracy of a saved model")
+    ev = sub.add_parser("evaluate", parents=[common], help="test accuracy of a saved model")
     ev.add_argument("config", nargs="?",
                     help="the YAML config it was trained from (only for model files that do not describe themselves)")
     ev.add_argument("--model", required=True, metavar="MODEL.npz", help="the model file")
     ev.add_argument("--data", help="folder with the MNIST IDX files")
 
-    ex = sub.add_parser("examples", help="list the example configs, or copy them into a folder")
+    ex = sub.add_parser("examples", parents=[common], help="list the example configs, or copy them into a folder")
     ex.add_argument("folder", nargs="?", help="copy the examples into this folder (made if missing)")
     ex.add_argument("--force", action="store_true", help="overwrite example files that differ")
 
-    pr = sub.add_parser("predict", help="print the digit of each image")
+    pr = sub.add_parser("predict", parents=[common], help="print the digit of each image")
     pr.add_argument("--model", required=True, metavar="MODEL.npz", help="the model file")
     pr.add_argument("--activation", choices=HIDDEN_ACTIVATIONS,
                     help="hidden activation, only for model files that do not record theirs")
@@ -131,6 +147,17 @@ def _parser() -> argparse.ArgumentParser:
                     help="pictures of digits: PNG (JPEG and others with Pillow) of any size and polarity, or .npy "
                          "arrays of 28x28 images")
     return p
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _log_level(text: str) -> str:
+    """A logging level name, in any case; anything else is refused."""
+    level = text.strip().upper()
+    if level not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(f"unknown log level {text!r}; known: {', '.join(LOG_LEVELS)}")
+    return level
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
@@ -342,7 +369,15 @@ COMMANDS = {"plan": _cmd_plan, "deploy": operations.cmd_deploy, "teardown": oper
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit status (2 for bad input, 1 for a failed run)."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    level = args.log_level
+    if level is None:
+        try:
+            level = _log_level(os.environ.get("CUTTLEFISH_LOG_LEVEL") or "WARNING")
+        except argparse.ArgumentTypeError as exc:
+            print(f"orchestrator: config error: CUTTLEFISH_LOG_LEVEL: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(level)  # also when logging was configured before (tests, embedding)
     # pika logs every failed connection attempt as an error with a traceback; ours say what matters
     logging.getLogger("pika").setLevel(logging.CRITICAL)
     try:

@@ -24,6 +24,7 @@ from orchestrator.deploy.ecs import ecs_plan
 from orchestrator.deploy.status import find_run, format_status, run_status
 from orchestrator.errors import ConfigError, OrchestratorError
 from paramstore import open_store
+from paramstore.lease import lease_key
 from paramstore.run import RunRecord
 
 
@@ -58,12 +59,34 @@ def _ecs(args: argparse.Namespace) -> tuple[dict, object]:
     return plan, (None if getattr(args, "dry_run", False) else EcsDeployer(plan["region"]))
 
 
+def _check_overwrite(path: str, label: str, force: bool) -> None:
+    """Refuse to replace a file that deploy did not write for this same config (or that was edited since)."""
+    if force or not os.path.exists(path):
+        return
+    try:
+        with open(path, encoding="utf-8") as fh:
+            found = compose_render.generated_for(fh.read())
+    except (OSError, UnicodeDecodeError):
+        found = None
+    if found == label:
+        return
+    why = (f"was generated for {found}, not {label}" if found else
+           "was not written by deploy, or was edited since")
+    raise ConfigError("--output", f"{path} {why}; write another file with -o, or replace it with --force")
+
+
 def cmd_deploy(args: argparse.Namespace) -> int:
-    """Write a compose file, or create or update the run's ECS resources (or print their plan)."""
+    """Write a compose file, or create or update the run's ECS resources (or print or write their plan)."""
     if args.target == "ecs":
         plan, deployer = _ecs(args)
+        text = json.dumps(plan, indent=2) + "\n"
+        if args.output and args.output != "-":
+            with open(args.output, "w", encoding="utf-8") as fh:
+                fh.write(text)
+            print(f"wrote the ECS plan to {args.output}", file=sys.stderr)
+        elif deployer is None:
+            sys.stdout.write(text)
         if deployer is None:
-            print(json.dumps(plan, indent=2))
             return 0
         report = deployer.apply(plan)
         for what in ("created", "updated", "removed"):
@@ -73,18 +96,23 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         return 0
     config = config_of(args)
     run_id = _deploy_run_id(args)
-    folder = "." if args.output == "-" else os.path.dirname(os.path.abspath(args.output))
+    output = args.output or "docker-compose.yml"
+    to_stdout = output == "-" or args.dry_run
+    folder = "." if output == "-" else os.path.dirname(os.path.abspath(output))
     if not os.path.isdir(folder):
         raise ConfigError("--output", f"folder {folder} does not exist")
     topo = build_plan(config, run_id)
+    label = os.path.relpath(args.config, folder)
+    if not to_stdout:
+        _check_overwrite(output, label, args.force)
     _, text = compose_render.compose_file(topo, config.deploy, args.config, folder,
-                                          _compose_image(args, folder, write=args.output != "-"))
-    if args.output == "-":
+                                          _compose_image(args, folder, write=not to_stdout))
+    if to_stdout:  # --dry-run: what would be written to `output`, and nothing is
         sys.stdout.write(text)
     else:
-        with open(args.output, "w", encoding="utf-8") as fh:
+        with open(output, "w", encoding="utf-8") as fh:
             fh.write(text)
-        print(f"wrote {args.output}: {len(topo.neurons())} neurons, the loss head, rabbitmq, redis, driver",
+        print(f"wrote {output}: {len(topo.neurons())} neurons, the loss head, rabbitmq, redis, driver",
               file=sys.stderr)
     return 0
 
@@ -113,12 +141,38 @@ def _compose_image(args: argparse.Namespace, folder: str, *, write: bool) -> dic
     return compose_render.runtime(build_context=compose_render.relative(context, folder))
 
 
+def _shared_store(args: argparse.Namespace, store_url: str | None, command: str) -> str:
+    """The run's shared store URL; a clear error when there is none, or only the config's memory:// one."""
+    if store_url and urlsplit(store_url).scheme != "memory":
+        return store_url
+    if args.config and not args.store:
+        raise ConfigError("paramstore", f"is {store_url} (memory:// lives inside the one process that trains, so "
+                                        f"{command} cannot reach it); give --store URL or CUTTLEFISH_STORE, the "
+                                        "run's shared store, or a config whose paramstore is one")
+    raise ConfigError("--store", f"{command} reads the run's shared store: give --store URL, CUTTLEFISH_STORE, or a "
+                                 "config whose paramstore is a service")
+
+
+def _driver_gone(store, run_id: str) -> str | None:
+    """Why the run's driver is not running (its lease expired, or no lease), or None while it may be."""
+    raw = store.get(lease_key(run_id))
+    try:
+        held = json.loads(raw) if raw is not None else None
+    except ValueError:
+        held = None
+    if not isinstance(held, dict) or not isinstance(held.get("expires"), (int, float)):
+        return "its driver holds no lease"
+    if held["expires"] <= 0:
+        return "its driver stopped (it gave its lease back)"
+    late = time.time() - held["expires"]
+    return f"its driver's lease expired {late:.0f} s ago" if late > 0 else None
+
+
 def cmd_scale(args: argparse.Namespace) -> int:
     """Ask the run's driver to split a layer differently and wait until it has."""
     store_url = args.store or (compose.store_url(args.compose_file) if args.target == "compose" else None)
-    store_url = store_url or (load_config(args.config).paramstore if args.config else None)
-    if not store_url or urlsplit(store_url).scheme == "memory":
-        raise ConfigError("--store", "scale talks to the run's driver through a shared store: give --store or a config")
+    store_url = _shared_store(args, store_url or (load_config(args.config).paramstore if args.config else None),
+                              "scale")
     with open_store(store_url) as store:
         run_id = find_run(store, args.run_id)
         record = RunRecord(store, run_id)
@@ -132,6 +186,10 @@ def cmd_scale(args: argparse.Namespace) -> int:
             raise ConfigError("--shards", str(exc)) from None
         if args.target == "compose" and not args.config:
             raise ConfigError("scale", "--target compose needs the config the compose file was made from")
+        gone = _driver_gone(store, run_id)
+        if gone:  # nobody would carry the request out
+            raise OrchestratorError(f"run {run_id} is not being trained: {gone}; resume it (train --resume) "
+                                    "and scale again")
         rid = record.request_scale(args.layer, args.shards)
         print(f"asked run {run_id} to split layer {args.layer} into {args.shards} neurons at its next checkpoint",
               file=sys.stderr)
@@ -144,7 +202,15 @@ def cmd_scale(args: argparse.Namespace) -> int:
                     break
                 time.sleep(0.2)
         while time.monotonic() < deadline:
-            done = [r for r in (record.manifest() or manifest).rescales if r.request.id == rid]
+            current = record.manifest() or manifest
+            done = [r for r in current.rescales if r.request.id == rid]
+            if not done and current.status != "running":  # the run ended first: no driver will carry it out
+                raise OrchestratorError(f"run {run_id} ended (status {current.status!r}) before its driver carried "
+                                        "out the rescale")
+            gone = None if done else _driver_gone(store, run_id)
+            if gone:
+                raise OrchestratorError(f"run {run_id} is not being trained: {gone}; resume it (train --resume) "
+                                        "and scale again")
             if done:
                 entry = done[0]
                 if entry.refused is not None:
@@ -181,8 +247,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.config:
         config = load_config(args.config)
         store_url, broker_url = store_url or config.paramstore, broker_url or config.broker
-    if not store_url or urlsplit(store_url).scheme == "memory":
-        raise ConfigError("--store", "status reads a shared store: give --store, CUTTLEFISH_STORE or a config")
+    store_url = _shared_store(args, store_url, "status")
     with contextlib.ExitStack() as stack:
         store = stack.enter_context(open_store(store_url))
         broker = None
