@@ -60,8 +60,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", type=float, default=float(env("CUTTLEFISH_WAIT", "300")),
                    help="seconds to wait for the broker, the store and the run's manifest")
     p.add_argument("--heartbeat", type=float, default=1.0, help="seconds between heartbeats")
-    p.add_argument("--log-level", default=env("CUTTLEFISH_LOG_LEVEL", "INFO"))
+    p.add_argument("--log-level", default=env("CUTTLEFISH_LOG_LEVEL", "INFO"),
+                   help=f"logging: {', '.join(LOG_LEVELS)} [CUTTLEFISH_LOG_LEVEL] (default INFO)")
     return p
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def log_level(text: str) -> str:
+    """A logging level name, in any case; anything else is refused (argparse.ArgumentTypeError)."""
+    level = str(text).strip().upper()
+    if level not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(f"unknown log level {text!r}; known: {', '.join(LOG_LEVELS)}")
+    return level
 
 
 def _retry(what: str, fn: Callable[[], T], deadline: float, errors: tuple) -> T:
@@ -226,8 +238,12 @@ def main(argv: list[str] | None = None) -> int:
         print("neuron: the supervising process is gone", file=sys.stderr)
         return 1
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        level = log_level(args.log_level)
+    except argparse.ArgumentTypeError as exc:
+        print(f"neuron: --log-level / CUTTLEFISH_LOG_LEVEL: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # pika logs every failed connection attempt as an error with a traceback; ours say what matters
     logging.getLogger("pika").setLevel(logging.CRITICAL)
     stop = threading.Event()

@@ -16,6 +16,7 @@ from broker.schemes import redact_url
 from compose import context as compose_context
 from neuron.errors import NeuronError
 from neuron.kernels import HIDDEN_ACTIVATIONS
+from neuron.service import LOG_LEVELS, log_level
 from neuron.topology import RUN_ID
 from orchestrator import __version__
 from orchestrator.cli import operations
@@ -46,12 +47,12 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description="Cuttlefish: train a YAML network as message-passing neurons.")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}",
                    help="print the version and exit")
-    p.add_argument("--log-level", type=_log_level, metavar="LEVEL",
+    p.add_argument("--log-level", type=log_level, metavar="LEVEL",
                    help=f"the driver's logging: {', '.join(LOG_LEVELS)} [CUTTLEFISH_LOG_LEVEL] (default WARNING)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     # --log-level also after the command (`train CONFIG --log-level INFO`), where people put it
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--log-level", type=_log_level, metavar="LEVEL", default=argparse.SUPPRESS,
+    common.add_argument("--log-level", type=log_level, metavar="LEVEL", default=argparse.SUPPRESS,
                         help="the driver's logging level (as before the command)")
 
     plan = sub.add_parser("plan", parents=[common], help="show the neurons a config is split into")
@@ -147,17 +148,6 @@ def _parser() -> argparse.ArgumentParser:
                     help="pictures of digits: PNG (JPEG and others with Pillow) of any size and polarity, or .npy "
                          "arrays of 28x28 images")
     return p
-
-
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-
-
-def _log_level(text: str) -> str:
-    """A logging level name, in any case; anything else is refused."""
-    level = text.strip().upper()
-    if level not in LOG_LEVELS:
-        raise argparse.ArgumentTypeError(f"unknown log level {text!r}; known: {', '.join(LOG_LEVELS)}")
-    return level
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
@@ -372,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     level = args.log_level
     if level is None:
         try:
-            level = _log_level(os.environ.get("CUTTLEFISH_LOG_LEVEL") or "WARNING")
+            level = log_level(os.environ.get("CUTTLEFISH_LOG_LEVEL") or "WARNING")
         except argparse.ArgumentTypeError as exc:
             print(f"orchestrator: config error: CUTTLEFISH_LOG_LEVEL: {exc}", file=sys.stderr)
             return EXIT_USAGE

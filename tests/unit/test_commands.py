@@ -138,3 +138,11 @@ def test_scale_of_a_run_whose_driver_is_gone_says_so_at_once(tmp_path, mnist_dir
     assert time.monotonic() - started < 30
     err = capsys.readouterr().err
     assert "run r1 is not being trained: its driver stopped" in err and "asked run" not in err
+
+
+def test_the_neurons_refuse_an_unknown_log_level_too(monkeypatch, capsys):
+    from neuron.service import main as neuron_main
+
+    monkeypatch.setenv("CUTTLEFISH_LOG_LEVEL", "loud")
+    assert neuron_main(["--layer", "1", "--run-id", "r1", "--store", "memory://", "--broker", "memory://"]) == 2
+    assert "unknown log level 'loud'" in capsys.readouterr().err
