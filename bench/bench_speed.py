@@ -1,0 +1,231 @@
+"""Steady-state speed, side by side in one run: single process, embedded, and a process per neuron over RabbitMQ.
+
+    python bench/bench_speed.py [--sections rates pingpong profile] [--nets b128 b512 mnist deep]
+                                [--amqp URL --redis URL] [--out bench/results/speed.json]
+
+Samples/s are steady state: the time from the loss of step `warmup` to the loss of the last step, so
+process start-up, queue declarations and the first steps are excluded. Checkpoints are moved past the
+measured steps (checkpoint_every is raised), since they measure the store, not the message path. Without
+URLs RabbitMQ and Redis are started as containers (tests/services.py). Each figure is the best of --repeat.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import pathlib
+import platform
+import sys
+import time
+
+import numpy as np
+import yaml
+from threadpoolctl import threadpool_limits
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.pingpong import pingpong  # noqa: E402
+from bench.profile_run import profile_run  # noqa: E402
+from orchestrator.config import parse_config  # noqa: E402
+from orchestrator.data import load_mnist  # noqa: E402
+from orchestrator.driver import DriverOptions  # noqa: E402
+from orchestrator.model import init_params  # noqa: E402
+from orchestrator.reference import ReferenceTrainer, train_reference  # noqa: E402
+from orchestrator.runner import make_schedule, train_run  # noqa: E402
+
+SMALL = """
+neural_network: {{num_of_hidden_layers: 2, num_nodes_per_layer: [256, 256], num_classes: 10}}
+training: {{epochs: 100, data_batch_size: {batch}, optimizer: momentum, learning_rate: 0.05, dtype: float32}}
+"""
+# name -> (config text, steps, warmup, layouts: "shards/micro-batches"; "config" is the file's own layout)
+NETS = {
+    "b128": (SMALL.format(batch=128), 400, 100, ["1,1,1/1", "2,1,1/1"]),
+    "b512": (SMALL.format(batch=512), 200, 50, ["1,1,1/1", "2,1,1/1"]),
+    "mnist": ((ROOT / "examples/mnist.yaml").read_text(), 300, 50, ["1,1,1,1/1", "config"]),
+    "deep": ((ROOT / "examples/seed-deep.yaml").read_text(), 80, 20, ["1,1,1,1,1,1/1", "config"]),
+}
+LABELS = {"b128": "784-256-256-10, batch 128", "b512": "784-256-256-10, batch 512",
+          "mnist": "examples/mnist.yaml (784-1024x3-10, batch 64)",
+          "deep": "examples/seed-deep.yaml (784-2500-2000-1500-1000-500-10, batch 100)"}
+
+
+def config_of(text: str, layout: str, steps: int, broker: str | None = None, store: str | None = None):
+    """The config `text` with `layout` ("shards/micro" or "config") and checkpoints past `steps`."""
+    raw = yaml.safe_load(text)
+    if layout != "config":
+        shards, micro = layout.split("/")
+        raw["neural_network"]["shards_per_layer"] = [int(s) for s in shards.split(",")]
+        raw["training"]["micro_batches"] = int(micro)
+    raw["training"]["checkpoint_every"] = steps + 1000
+    raw["training"]["epochs"] = max(int(raw["training"].get("epochs", 1)), 100)
+    if broker and store:
+        raw["broker"], raw["paramstore"] = broker, store
+    return parse_config(yaml.safe_dump(raw))
+
+
+def layout_name(config) -> str:
+    """The layout of `config` as "shards/micro-batches"."""
+    return ",".join(map(str, config.network.shards)) + f"/{config.training.micro_batches}"
+
+
+class StepClock:
+    """Records when each step's loss arrived; the rate between `warmup` and the last step."""
+
+    def __init__(self, batch: int, warmup: int) -> None:
+        self.batch, self.warmup, self.times = batch, warmup, {}
+
+    def __call__(self, step: int, *_rest) -> None:
+        self.times[step] = time.perf_counter()
+
+    def rate(self) -> float:
+        """Steady-state samples/s."""
+        last = max(self.times)
+        return (last - self.warmup) * self.batch / (self.times[last] - self.times[self.warmup])
+
+
+def reference_rate(train, config, steps: int, warmup: int) -> float:
+    """Steady-state samples/s of the single-process trainer (orchestrator/reference.py)."""
+    tr, net = config.training, config.network
+    trainer = ReferenceTrainer(init_params(net.sizes, net.activation, tr.dtype, tr.seed), net.activation,
+                               tr.optimizer, tr.learning_rate, tr.momentum, tr.lr_decay,
+                               make_schedule(config, len(train), None).steps_per_epoch, tr.weight_decay)
+    clock = StepClock(tr.batch_size, warmup)
+    train_reference(trainer, train, make_schedule(config, len(train), steps), tr.dtype, on_step=clock)
+    return clock.rate()
+
+
+def distributed_rate(train, config, steps: int, warmup: int, target: str, tag: str) -> float:
+    """Steady-state samples/s of a distributed run of `config` on `target`."""
+    clock = StepClock(config.training.batch_size, warmup)
+    run_id = f"speed-{os.getpid()}-{tag}-{time.monotonic_ns() % 10**8}"
+    result = train_run(config, train, None, run_id=run_id, max_steps=steps, target=target,
+                       options=DriverOptions(on_step=clock))
+    if result.steps != steps:
+        raise SystemExit(f"{run_id}: ran {result.steps} steps, expected {steps}")
+    return clock.rate()
+
+
+def single_process(train, config, steps: int, warmup: int) -> dict:
+    """The single-process trainer with NumPy's default BLAS threads and with one; "best" is the faster.
+
+    On a loaded machine OpenBLAS's spinning worker threads can make the default several times slower
+    than one thread, so each ratio is taken against the best single-process figure of that moment.
+    """
+    default = reference_rate(train, config, steps, warmup)
+    with threadpool_limits(limits=1, user_api="blas"):
+        one = reference_rate(train, config, steps, warmup)
+    return {"default_threads": round(default, 1), "one_thread": round(one, 1), "best": round(max(default, one), 1)}
+
+
+def rates(train, nets: list[str], repeat: int, amqp: str | None, redis_url: str | None) -> list[dict]:
+    """For every network and layout: embedded and over RabbitMQ, each right after the single process."""
+    rows = []
+    targets = [("embedded", "embedded", None, None)] + ([("rabbitmq", "local", amqp, redis_url)] if amqp else [])
+    for name in nets:
+        text, steps, warmup, layouts = NETS[name]
+        row = {"network": LABELS[name], "steps": [warmup, steps], "layouts": []}
+        for layout in layouts:
+            entry = {"layout": layout_name(config_of(text, layout, steps))}
+            for label, target, broker, store in targets:
+                cfg = config_of(text, layout, steps, broker, store)
+                best = None
+                for _ in range(repeat):  # the best ratio of `repeat` (single process, distributed) pairs
+                    ref = single_process(train, cfg, steps, warmup)
+                    rate = distributed_rate(train, cfg, steps, warmup, target, name)
+                    if best is None or rate / ref["best"] > best[1] / best[0]["best"]:
+                        best = (ref, rate)
+                entry[label] = {"single_process": best[0], "samples_per_s": round(best[1], 1),
+                                "ratio": round(best[1] / best[0]["best"], 3)}
+            print(f"{name} {entry}", flush=True)
+            row["layouts"].append(entry)
+        rows.append(row)
+    return rows
+
+
+def markdown(out: dict) -> str:
+    """A short human summary of the JSON results."""
+    lines = [f"# Speed benchmark ({out['when']})", "", out["measure"], ""]
+    if "rates" in out:
+        lines += ["| network | layout | mode | samples/s | single process (default / 1 thread) | ratio |",
+                  "|---|---|---|---|---|---|"]
+        for row in out["rates"]:
+            for e in row["layouts"]:
+                for mode in ("embedded", "rabbitmq"):
+                    if mode in e:
+                        m, ref = e[mode], e[mode]["single_process"]
+                        lines.append(f"| {row['network']} | {e['layout']} | {mode} | {m['samples_per_s']:,.0f} | "
+                                     f"{ref['default_threads']:,.0f} / {ref['one_thread']:,.0f} | {m['ratio']:.2f}x |")
+        lines.append("")
+    if "pingpong" in out:
+        lines += ["| broker | body | round trip (median) |", "|---|---|---|"]
+        for p in out["pingpong"]:
+            lines.append(f"| {p['backend']} | {p['bytes'] // 1024} KB | {p['median_ms']:.3f} ms |")
+        lines.append("")
+    if "profile" in out:
+        prof = out["profile"]
+        lines += [f"Profile of a RabbitMQ run ({prof['layout']}, {prof['samples_per_s']:,.0f} samples/s while "
+                  f"sampled; ms per step, all threads of each process):", ""]
+        cats = sorted({c for p in prof["processes"].values() for c in p["ms_per_step"]})
+        lines += ["| process | CPU | " + " | ".join(cats) + " |", "|---|---|" + "---|" * len(cats)]
+        for name, p in prof["processes"].items():
+            lines.append(f"| {name} | {p['cpu_ms_per_step']:.3f} | "
+                         + " | ".join(f"{p['ms_per_step'].get(c, 0):.3f}" for c in cats) + " |")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    """Run the selected sections against one RabbitMQ and one Redis; write JSON and Markdown."""
+    p = argparse.ArgumentParser()
+    p.add_argument("--sections", nargs="+", default=["pingpong", "rates", "profile"])
+    p.add_argument("--nets", nargs="+", default=list(NETS))
+    p.add_argument("--amqp", default=os.environ.get("CUTTLEFISH_TEST_AMQP_URL"))
+    p.add_argument("--redis", default=os.environ.get("CUTTLEFISH_TEST_REDIS_URL"))
+    p.add_argument("--no-services", action="store_true", help="single process and embedded only")
+    p.add_argument("--repeat", type=int, default=1)
+    p.add_argument("--data", default=os.environ.get("CUTTLEFISH_DATA", str(ROOT.parent / "shared/datasets/mnist")))
+    p.add_argument("--out", default=str(ROOT / "bench/results/speed.json"))
+    args = p.parse_args(argv)
+    train = load_mnist("train", args.data)
+    out = {"benchmark": "steady-state speed: single process, embedded, process per neuron over RabbitMQ + Redis",
+           "measure": "samples/s from the loss of the warm-up step to the last step's; each ratio against the "
+                      "faster single-process figure (default BLAS threads or one) measured just before it; best "
+                      f"of {args.repeat} pairs; checkpoints moved past the measured steps; float32",
+           "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__,
+                       "load_before": os.getloadavg()}}
+    with contextlib.ExitStack() as stack:
+        amqp, redis_url, rabbit_box = args.amqp, args.redis, None
+        if not args.no_services and not (amqp and redis_url):
+            from tests import services
+
+            if not amqp:
+                amqp, rabbit_box = stack.enter_context(services.rabbitmq())
+            redis_url = redis_url or stack.enter_context(services.redis())[0]
+        if args.no_services:
+            amqp = redis_url = None
+        if "pingpong" in args.sections:
+            out["pingpong"] = [pingpong(url, 64 << 10) for url in ("memory://", amqp) if url]
+            print(json.dumps(out["pingpong"], indent=1), flush=True)
+        if "rates" in args.sections:
+            out["rates"] = rates(train, args.nets, args.repeat, amqp, redis_url)
+        if "profile" in args.sections and amqp:
+            text, _, _, _ = NETS["b128"]
+            container = rabbit_box.get_wrapped_container() if rabbit_box is not None else None
+            if container is None and os.environ.get("CUTTLEFISH_BENCH_RABBITMQ_CONTAINER"):
+                import docker  # the container whose CPU time is reported, when the URL was given
+
+                container = docker.from_env().containers.get(os.environ["CUTTLEFISH_BENCH_RABBITMQ_CONTAINER"])
+            out["profile"] = profile_run(train, config_of(text, "1,1,1/1", 4000, amqp, redis_url), container)
+    out["when"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    path = pathlib.Path(args.out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2) + "\n")
+    path.with_suffix(".md").write_text(markdown(out))
+    print(markdown(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
