@@ -1,9 +1,11 @@
-"""`amqp://` and `amqps://`: RabbitMQ through pika, with the connection owned by one I/O thread.
+"""`amqp://` and `amqps://`: RabbitMQ through pika, the connection serviced by its callers and an I/O thread.
 
-pika's connections are not thread-safe and only answer heartbeats while something calls into them, so
-one background thread owns the connection and keeps it serviced whatever the caller computes; callers
-hand it work through a queue. The I/O thread reconnects with backoff and restores the declared queues
-and consumers; deliveries taken before a reconnect are never acked (RabbitMQ delivers them again).
+pika's connections are not thread-safe and only answer heartbeats while something calls into them. Whoever
+holds the connection lock may use it: a caller publishes, acks and reads deliveries itself, on its own
+thread (no hand-off, no thread switch per message), and a background I/O thread services the connection
+when no caller does (heartbeats, queued operations) and alone reconnects, with backoff, restoring the
+declared queues and consumers; deliveries taken before a reconnect are never acked (RabbitMQ delivers
+them again). A caller that finds the connection busy queues its operation for the holder.
 """
 from __future__ import annotations
 
@@ -33,6 +35,10 @@ _TRANSIENT = pika.BasicProperties(delivery_mode=1)
 # connection-level failures after which the I/O thread reconnects
 _CONNECTION_ERRORS = (pex.AMQPConnectionError, pex.ConnectionClosed, pex.StreamLostError, OSError)
 _STOP = object()
+# pika reads its socket 4 KiB per recv(); a 128 KB body then took ~3x as long to arrive (bench/pingpong.py)
+READ_BYTES = 1 << 20
+IO_TICK = 0.2  # seconds between the I/O thread's services of a connection no caller is using
+PUMP_SLICE = 0.05  # longest a waiting caller keeps the connection before letting others at it
 
 
 def _exchanges(dead_letter: str) -> tuple[str, str]:
@@ -45,7 +51,8 @@ class RabbitBroker(Broker):
     """A RabbitMQ connection: per-run direct exchange, durable queues, dead-lettering with reasons."""
 
     def __init__(self, url: str, *, prefetch: int | None = None, heartbeat: int = 30,
-                 connect_timeout: float = 30.0, reconnect_timeout: float = 60.0, op_timeout: float = 60.0) -> None:
+                 connect_timeout: float = 30.0, reconnect_timeout: float = 60.0, op_timeout: float = 60.0,
+                 read_bytes: int = READ_BYTES) -> None:
         self.url = url
         parts = urlsplit(url)
         query = dict(parse_qsl(parts.query))
@@ -61,9 +68,14 @@ class RabbitBroker(Broker):
         if self.prefetch < 1:
             raise BrokerError(f"bad broker URL {redact_url(url)!r}: prefetch must be at least 1")
         self._connect_timeout, self._reconnect_timeout, self._op_timeout = connect_timeout, reconnect_timeout, op_timeout
+        self._read_bytes = read_bytes
         self._ops: collections.deque = collections.deque()
-        self._wake_lock = threading.Lock()
-        self._wake_pending = False
+        self._io = threading.Lock()  # the holder may use the connection: a caller or the I/O thread
+        self._tick = threading.Event()  # wakes the I/O thread for queued operations
+        self._broken = False  # a caller saw the connection fail; the I/O thread reconnects
+        self._stopped = False  # the I/O thread has ended
+        self._serviced = 0.0  # when a holder last read the connection
+        self._acks = _AckBatch(max(1, min(32, self.prefetch // 2)))
         self._inbox: dict[str, _queue.SimpleQueue] = {}
         self._declared: dict[str, str | None] = {}
         self._exchange: dict[str, str] = {}
@@ -88,6 +100,7 @@ class RabbitBroker(Broker):
         while not self._closed:
             try:
                 self._conn = pika.BlockingConnection(self._params)
+                _read_in_large_chunks(self._conn, self._read_bytes)
                 self._channel = self._conn.channel()
                 self._restore()
                 return
@@ -102,6 +115,7 @@ class RabbitBroker(Broker):
     def _restore(self) -> None:
         """Declare again what this broker declared, consume again what it consumed (after a reconnect)."""
         self._epoch += 1
+        self._acks.reset()
         self._channel.basic_qos(prefetch_count=self.prefetch)
         for queue, dead_letter in self._declared.items():
             self._declare_on(queue, dead_letter)
@@ -117,33 +131,62 @@ class RabbitBroker(Broker):
                 pass
 
     def _loop(self) -> None:
-        try:
-            self._open(time.monotonic() + self._connect_timeout)
-        except BrokerError as exc:
-            self._error = exc
+        with self._io:
+            try:
+                self._open(time.monotonic() + self._connect_timeout)
+            except BrokerError as exc:
+                self._error = exc
         self._ready.set()
         try:
             while not self._closed and self._error is None:
+                self._tick.wait(IO_TICK)
+                self._tick.clear()
+                if not (self._ops or self._broken) and time.monotonic() - self._serviced < IO_TICK:
+                    continue  # callers are reading the connection themselves
+                if not self._io.acquire(timeout=IO_TICK):
+                    continue  # a caller is servicing the connection
                 try:
-                    self._run_ops()
-                    self._conn.process_data_events(time_limit=0.2)
-                    self._run_ops()
-                except _CONNECTION_ERRORS + (pex.ChannelWrongStateError, pex.ChannelClosed) as exc:
-                    if self._closed:
-                        break
-                    log.warning("lost the broker connection to %s (%s: %s); reconnecting",
-                                redact_url(self.url), type(exc).__name__, exc)
-                    self._drop_connection()
-                    try:
-                        self._open(time.monotonic() + self._reconnect_timeout)
-                    except BrokerError as err:
-                        self._error = err
+                    self._service(0)
+                    self._acks.flush_due(self._flush_acks)
+                finally:
+                    self._io.release()
         except Exception as exc:  # noqa: BLE001 - whatever ends this thread must reach the callers
             log.exception("the broker I/O thread failed")
             self._error = BrokerUnavailable(self.url, f"I/O thread failed: {type(exc).__name__}: {exc}")
         finally:
-            self._drop_connection()
+            self._stopped = True
+            locked = self._io.acquire(timeout=10)
+            try:
+                self._drop_connection()
+            finally:
+                if locked:
+                    self._io.release()
             self._fail_pending(self._error or BrokerClosed(redact_url(self.url)))
+
+    def _service(self, time_limit: float) -> None:
+        """Run queued operations and dispatch deliveries for up to `time_limit` s; the caller holds the lock."""
+        try:
+            if self._broken or self._conn is None:
+                raise pex.StreamLostError("the connection failed in another thread")
+            self._run_ops()
+            self._conn.process_data_events(time_limit=time_limit)
+            self._serviced = time.monotonic()
+            self._run_ops()
+        except _CONNECTION_ERRORS + (pex.ChannelWrongStateError, pex.ChannelClosed) as exc:
+            if self._closed:
+                return
+            if threading.current_thread() is not self._thread:
+                self._broken = True  # reconnecting is the I/O thread's job
+                self._tick.set()
+                return
+            log.warning("lost the broker connection to %s (%s: %s); reconnecting",
+                        redact_url(self.url), type(exc).__name__, exc)
+            self._drop_connection()
+            self._broken = False
+            try:
+                self._open(time.monotonic() + self._reconnect_timeout)
+            except BrokerError as err:
+                self._error = err
 
     def _fail_pending(self, error: BrokerError) -> None:
         while self._ops:
@@ -154,8 +197,6 @@ class RabbitBroker(Broker):
             inbox.put(_STOP)
 
     def _run_ops(self) -> None:
-        with self._wake_lock:
-            self._wake_pending = False  # what is appended from here on wakes the thread again
         while self._ops and self._channel is not None:
             if not self._channel.is_open:
                 # closed by the broker on its own (say, an unknown delivery tag): a fresh channel, and
@@ -193,25 +234,45 @@ class RabbitBroker(Broker):
             raise BrokerClosed(redact_url(self.url))
         if self._error is not None:
             raise self._error
-        if not self._thread.is_alive():
+        if self._stopped:
             raise BrokerUnavailable(self.url, "the connection's I/O thread has stopped")
         future: Future | None = Future() if wait else None
-        with self._wake_lock:
-            self._ops.append((fn, future))
-            # one wake-up per batch: a wake-up still pending will run this operation too
-            wake, self._wake_pending = not self._wake_pending, True
-        conn = self._conn
-        if conn is not None and wake:
-            try:
-                conn.add_callback_threadsafe(lambda: None)  # wakes the I/O thread at once
-            except (pex.AMQPError, RuntimeError, OSError):
-                pass  # the I/O thread is reconnecting and will run the operation afterwards
+        self._ops.append((fn, future))
+        if self._io.acquire(blocking=False):
+            try:  # nobody else is using the connection: run it here, now
+                self._service_ops()
+            finally:
+                self._io.release()
+        else:
+            self._wake()
         if future is None:
             return None
         try:
             return future.result(timeout=self._op_timeout)
         except FuturesTimeout:
             raise BrokerUnavailable(self.url, f"no answer within {self._op_timeout:.0f} s") from None
+
+    def _service_ops(self) -> None:
+        """Run the queued operations on the caller's thread; it holds the lock."""
+        if self._broken or self._conn is None:
+            self._tick.set()  # reconnecting: the I/O thread runs them afterwards
+            return
+        try:
+            self._run_ops()
+        except _CONNECTION_ERRORS + (pex.ChannelWrongStateError, pex.ChannelClosed):
+            if not self._closed:
+                self._broken = True
+                self._tick.set()
+
+    def _wake(self) -> None:
+        """Have whoever holds the connection run the queued operations: a waiting caller, or the I/O thread."""
+        self._tick.set()
+        conn = self._conn
+        if conn is not None:
+            try:
+                conn.add_callback_threadsafe(lambda: None)  # ends a caller's wait for deliveries at once
+            except (pex.AMQPError, RuntimeError, OSError):
+                pass  # the I/O thread is reconnecting and will run the operation afterwards
 
     # -- operations run on the I/O thread -------------------------------------------------------------
     def _declare_on(self, queue: str, dead_letter: str | None) -> None:
@@ -285,6 +346,8 @@ class RabbitBroker(Broker):
             self._inbox[queue] = _queue.SimpleQueue()
 
             def op() -> None:
+                if self._consuming:
+                    self._flush_acks()  # deliveries of two queues interleave: acks are sent one by one now
                 self._consume_on(queue)
                 self._consuming.add(queue)
             try:
@@ -295,26 +358,63 @@ class RabbitBroker(Broker):
         inbox = self._inbox[queue]
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                item = inbox.get(timeout=left) if left != 0 else inbox.get_nowait()
+                item = inbox.get_nowait()
             except _queue.Empty:
-                if self._error is not None or not self._thread.is_alive():
-                    raise self._error or BrokerClosed(redact_url(self.url)) from None
-                return None
+                item = self._wait_for(inbox, deadline)
+                if item is None:
+                    return None
             if item is _STOP:
                 inbox.put(_STOP)
                 raise self._error or BrokerClosed(redact_url(self.url))
             if item.tag[0] == self._epoch:
+                self._acks.take(item.tag)
                 return item
             # taken before a reconnect: the broker delivers it again on the new connection
 
+    def _wait_for(self, inbox: _queue.SimpleQueue, deadline: float | None):
+        """The next item of `inbox`, reading the connection meanwhile when nobody else is; None at `deadline`."""
+        while True:
+            left = PUMP_SLICE if deadline is None else min(PUMP_SLICE, max(0.0, deadline - time.monotonic()))
+            if self._io.acquire(blocking=False):
+                try:
+                    self._acks.flush_due(self._flush_acks)
+                    self._service(left)
+                finally:
+                    self._io.release()
+                try:
+                    return inbox.get_nowait()
+                except _queue.Empty:
+                    pass
+            else:  # another thread is reading: it puts what comes for this queue into the inbox
+                try:
+                    return inbox.get(timeout=min(left, 0.002)) if left > 0 else inbox.get_nowait()
+                except _queue.Empty:
+                    pass
+            if self._error is not None or self._stopped:
+                raise self._error or BrokerClosed(redact_url(self.url))
+            if deadline is not None and time.monotonic() >= deadline:
+                return None
+
     def _settle(self, delivery: Delivery, fn) -> None:
         epoch, tag = cast("tuple[int, int]", delivery.tag)  # (connection epoch, delivery tag), set on arrival
+        self._acks.forget(delivery.tag)
         self._submit(lambda: fn(tag) if epoch == self._epoch else None, wait=False)
 
+    def _flush_acks(self) -> None:
+        """Send the acks the batch holds (on the connection's holder)."""
+        top, singles = self._acks.due(self._epoch)
+        if top is not None:
+            self._channel.basic_ack(top, multiple=True)
+        for tag in singles:
+            self._channel.basic_ack(tag)
+
     def ack(self, delivery: Delivery) -> None:
-        """Confirm `delivery`; it is gone for good."""
+        """Confirm `delivery`; it is gone for good (acks of a single consumed queue are sent in batches)."""
+        if len(self._consuming) == 1 and self._acks.size > 1:
+            if self._acks.settle(delivery.tag):
+                self._submit(self._flush_acks, wait=False)
+            return
         self._settle(delivery, lambda tag: self._channel.basic_ack(tag))
 
     def reject(self, delivery: Delivery, reason: str) -> None:
@@ -356,6 +456,7 @@ class RabbitBroker(Broker):
     def delete(self, queue: str) -> None:
         """Delete `queue` and its messages (missing is fine)."""
         def op() -> None:
+            self._flush_acks()
             self._channel.queue_delete(queue)
             self._declared.pop(queue, None)
             self._exchange.pop(queue, None)
@@ -367,12 +468,13 @@ class RabbitBroker(Broker):
         """Flush what is queued, close the connection and stop the I/O thread."""
         if self._closed:
             return
-        if self._error is None and self._thread.is_alive():
+        if self._error is None and not self._stopped:
             try:
-                self._submit(lambda: None, wait=True)  # everything published before close() is sent
+                self._submit(self._flush_acks, wait=True)  # everything published and acked before close() is sent
             except BrokerError:
                 pass
         self._closed = True
+        self._tick.set()
         self._thread.join(timeout=10)
 
 
@@ -380,3 +482,66 @@ def _translate(exc: pex.ChannelClosedByBroker) -> BrokerError:
     if exc.reply_code == 404:
         return QueueNotDeclared(exc.reply_text)
     return BrokerError(f"the broker refused the operation: {exc.reply_code} {exc.reply_text}")
+
+
+def _read_in_large_chunks(conn: pika.BlockingConnection, size: int) -> None:
+    """Have this connection's transport read up to `size` bytes per recv() (pika's default is 4 KiB)."""
+    transport = getattr(getattr(conn, "_impl", None), "_transport", None)
+    if transport is not None and hasattr(transport, "_MAX_RECV_BYTES"):
+        transport._MAX_RECV_BYTES = size  # an instance attribute: pika's class and other connections keep theirs
+
+
+class _AckBatch:
+    """Acks of one consumed queue, sent as one `multiple` ack per batch.
+
+    Deliveries of a single consumer arrive and are taken in delivery-tag order, so every tag below the
+    oldest taken-but-unsettled one is settled, and one multiple ack covers them all; a settled tag above
+    an unsettled one is acked on its own. A crash loses at most a batch of acks: those messages are
+    delivered again and dropped as duplicates or stale.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._lock = threading.Lock()
+        self._taken: set[tuple[int, int]] = set()
+        self._settled: list[tuple[int, int]] = []
+        self._since = 0.0
+
+    def reset(self) -> None:
+        """A new channel: its tags start again."""
+        with self._lock:
+            self._taken.clear()
+            self._settled.clear()
+
+    def take(self, tag: tuple[int, int]) -> None:
+        """`tag` (epoch, delivery tag) was handed to a caller."""
+        with self._lock:
+            self._taken.add(tag)
+
+    def forget(self, tag: tuple[int, int]) -> None:
+        """`tag` is settled outside the batch (rejected, or acked on its own)."""
+        with self._lock:
+            self._taken.discard(tag)
+
+    def settle(self, tag: tuple[int, int]) -> bool:
+        """Mark `tag` acked; True when the batch is full and should be sent."""
+        with self._lock:
+            self._taken.discard(tag)
+            if not self._settled:
+                self._since = time.monotonic()
+            self._settled.append(tag)
+            return len(self._settled) >= self.size
+
+    def flush_due(self, flush) -> None:
+        """Call `flush` if acks have waited longer than the I/O thread's tick."""
+        if self._settled and time.monotonic() - self._since > IO_TICK:
+            flush()
+
+    def due(self, epoch: int) -> tuple[int | None, list[int]]:
+        """(tag of one multiple ack or None, tags to ack singly) of `epoch`; the batch is emptied."""
+        with self._lock:
+            settled, self._settled = self._settled, []
+            low = min((t for e, t in self._taken if e == epoch), default=None)
+        tags = [t for e, t in settled if e == epoch]
+        below = [t for t in tags if low is None or t < low]
+        return (max(below) if below else None), [t for t in tags if low is not None and t > low]
