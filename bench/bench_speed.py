@@ -29,11 +29,11 @@ sys.path.insert(0, str(ROOT))
 from bench.pingpong import pingpong  # noqa: E402
 from bench.profile_run import profile_run  # noqa: E402
 from orchestrator.config import parse_config  # noqa: E402
-from orchestrator.data import load_mnist  # noqa: E402
-from orchestrator.driver import DriverOptions  # noqa: E402
-from orchestrator.model import init_params  # noqa: E402
-from orchestrator.reference import ReferenceTrainer, train_reference  # noqa: E402
-from orchestrator.runner import make_schedule, train_run  # noqa: E402
+from orchestrator.data.mnist import load_mnist  # noqa: E402
+from orchestrator.training.driver import DriverOptions  # noqa: E402
+from orchestrator.data.model import init_params  # noqa: E402
+from orchestrator.training.reference import ReferenceTrainer, train_reference  # noqa: E402
+from orchestrator.training.runner import make_schedule, train_run  # noqa: E402
 
 SMALL = """
 neural_network: {{num_of_hidden_layers: 2, num_nodes_per_layer: [256, 256], num_classes: 10}}

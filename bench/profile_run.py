@@ -14,8 +14,8 @@ import subprocess
 import tempfile
 import time
 
-from orchestrator.driver import DriverOptions
-from orchestrator.runner import train_run
+from orchestrator.training.driver import DriverOptions
+from orchestrator.training.runner import train_run
 
 RATE, SECONDS, START_STEP = 67, 10, 150
 _CLK = os.sysconf("SC_CLK_TCK")
