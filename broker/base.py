@@ -1,6 +1,7 @@
 """The transport interface every broker backend implements: declare, publish, get, ack/reject, close."""
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
@@ -56,6 +57,19 @@ class Broker(ABC):
     @abstractmethod
     def close(self) -> None:
         """Release connections; the broker is unusable afterwards."""
+
+    def get_any(self, queues, timeout: float | None = None) -> Delivery | None:
+        """Take the next message of any of `queues` (backends may wait on all at once); None if none came."""
+        queues = list(queues)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            for queue in queues:
+                delivery = self.get(queue, timeout=0)
+                if delivery is not None:
+                    return delivery
+            if deadline is not None and time.monotonic() >= deadline:
+                return None
+            time.sleep(0.001)
 
     def publish_many(self, queues, body: bytes) -> None:
         """Publish the same `body` to every queue of `queues` (backends may batch)."""

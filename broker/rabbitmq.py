@@ -342,38 +342,48 @@ class RabbitBroker(Broker):
 
     def get(self, queue: str, timeout: float | None = None) -> Delivery | None:
         """Take the next message of `queue` (consuming it from now on), waiting up to `timeout` seconds."""
-        if queue not in self._inbox:
-            self._inbox[queue] = _queue.SimpleQueue()
+        return self.get_any((queue,), timeout)
 
-            def op() -> None:
-                if self._consuming:
-                    self._flush_acks()  # deliveries of two queues interleave: acks are sent one by one now
-                self._consume_on(queue)
-                self._consuming.add(queue)
-            try:
-                self._submit(op, wait=True)
-            except BrokerError:
-                self._inbox.pop(queue, None)
-                raise
-        inbox = self._inbox[queue]
+    def get_any(self, queues, timeout: float | None = None) -> Delivery | None:
+        """Take the next message of any of `queues` (consuming them from now on), the first non-empty first."""
+        inboxes = [self._inbox_of(queue) for queue in queues]
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            try:
-                item = inbox.get_nowait()
-            except _queue.Empty:
-                item = self._wait_for(inbox, deadline)
+            item = _first(inboxes)
+            if item is None:
+                item = self._wait_for(inboxes, deadline)
                 if item is None:
                     return None
             if item is _STOP:
-                inbox.put(_STOP)
+                for inbox in inboxes:
+                    inbox.put(_STOP)
                 raise self._error or BrokerClosed(redact_url(self.url))
             if item.tag[0] == self._epoch:
                 self._acks.take(item.tag)
                 return item
             # taken before a reconnect: the broker delivers it again on the new connection
 
-    def _wait_for(self, inbox: _queue.SimpleQueue, deadline: float | None):
-        """The next item of `inbox`, reading the connection meanwhile when nobody else is; None at `deadline`."""
+    def _inbox_of(self, queue: str) -> _queue.SimpleQueue:
+        """The local inbox of `queue`, consuming it first if this broker does not yet."""
+        inbox = self._inbox.get(queue)
+        if inbox is not None:
+            return inbox
+        inbox = self._inbox[queue] = _queue.SimpleQueue()
+
+        def op() -> None:
+            if self._consuming:
+                self._flush_acks()  # deliveries of two queues interleave: acks are sent one by one now
+            self._consume_on(queue)
+            self._consuming.add(queue)
+        try:
+            self._submit(op, wait=True)
+        except BrokerError:
+            self._inbox.pop(queue, None)
+            raise
+        return inbox
+
+    def _wait_for(self, inboxes: list, deadline: float | None):
+        """The next item of `inboxes`, reading the connection meanwhile when nobody else is; None at `deadline`."""
         while True:
             left = PUMP_SLICE if deadline is None else min(PUMP_SLICE, max(0.0, deadline - time.monotonic()))
             if self._io.acquire(blocking=False):
@@ -382,15 +392,16 @@ class RabbitBroker(Broker):
                     self._service(left)
                 finally:
                     self._io.release()
+                item = _first(inboxes)
+                if item is not None:
+                    return item
+            else:  # another thread is reading: it puts what comes for these queues into their inboxes
                 try:
-                    return inbox.get_nowait()
+                    return inboxes[0].get(timeout=min(left, 0.002)) if left > 0 else inboxes[0].get_nowait()
                 except _queue.Empty:
-                    pass
-            else:  # another thread is reading: it puts what comes for this queue into the inbox
-                try:
-                    return inbox.get(timeout=min(left, 0.002)) if left > 0 else inbox.get_nowait()
-                except _queue.Empty:
-                    pass
+                    item = _first(inboxes)
+                    if item is not None:
+                        return item
             if self._error is not None or self._stopped:
                 raise self._error or BrokerClosed(redact_url(self.url))
             if deadline is not None and time.monotonic() >= deadline:
@@ -482,6 +493,16 @@ def _translate(exc: pex.ChannelClosedByBroker) -> BrokerError:
     if exc.reply_code == 404:
         return QueueNotDeclared(exc.reply_text)
     return BrokerError(f"the broker refused the operation: {exc.reply_code} {exc.reply_text}")
+
+
+def _first(inboxes: list):
+    """The first item waiting in any of `inboxes`, or None."""
+    for inbox in inboxes:
+        try:
+            return inbox.get_nowait()
+        except _queue.Empty:
+            pass
+    return None
 
 
 def _read_in_large_chunks(conn: pika.BlockingConnection, size: int) -> None:
