@@ -4,6 +4,8 @@ Everything comes from flags or the environment, so a container needs no argument
 CUTTLEFISH_RUN_ID, CUTTLEFISH_LAYER (a number, or "head"), CUTTLEFISH_INDEX, CUTTLEFISH_BROKER,
 CUTTLEFISH_STORE, CUTTLEFISH_CONFIG (a YAML config whose broker and paramstore URLs are the defaults). The network's shape
 is read from the run's manifest, written by the driver, so every neuron of a run agrees with it.
+With CUTTLEFISH_WITH_HEAD=1 (--with-head) the only neuron of the output layer also plays the loss head, on
+the same thread: the logits and their gradient then never cross the broker (neuron/host.py).
 """
 from __future__ import annotations
 
@@ -29,8 +31,9 @@ from neuron.actor import Actor
 from neuron.dense import DenseNeuron
 from neuron.errors import NeuronError
 from neuron.head import LossHead
+from neuron.host import Colocated, run_together
 from neuron.protocol import Hello
-from neuron.role import HEAD_WORD, Role
+from neuron.role import HEAD, HEAD_WORD, Role
 from neuron.topology import RUN_ID, Topology
 from paramstore import open_store
 from paramstore.checkpoint import Checkpoints
@@ -59,6 +62,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--store", default=env("CUTTLEFISH_STORE"), help="parameter store URL [CUTTLEFISH_STORE]")
     p.add_argument("--wait", type=float, default=float(env("CUTTLEFISH_WAIT", "300")),
                    help="seconds to wait for the broker, the store and the run's manifest")
+    p.add_argument("--with-head", action="store_true", default=env("CUTTLEFISH_WITH_HEAD", "") in ("1", "true"),
+                   help="the single neuron of the output layer also plays the loss head [CUTTLEFISH_WITH_HEAD=1]")
     p.add_argument("--heartbeat", type=float, default=1.0, help="seconds between heartbeats")
     p.add_argument("--log-level", default=env("CUTTLEFISH_LOG_LEVEL", "INFO"),
                    help=f"logging: {', '.join(LOG_LEVELS)} [CUTTLEFISH_LOG_LEVEL] (default INFO)")
@@ -180,8 +185,8 @@ class Heartbeat:
 
 
 def serve(run_id: str, role: Role, broker_url: str, store_url: str, *, wait: float = 300.0,
-          heartbeat: float = 1.0, stop: threading.Event | None = None) -> int:
-    """Connect, build the actor, announce it and handle messages until a stop; returns the exit status."""
+          heartbeat: float = 1.0, stop: threading.Event | None = None, with_head: bool = False) -> int:
+    """Connect, build the actor (and the head with it), announce it and handle messages until a stop; returns the exit status."""
     deadline = time.monotonic() + wait
     store = _retry(f"the store at {redact_url(store_url)}", lambda: open_store(store_url), deadline, (StoreError,))
     broker = None
@@ -189,30 +194,42 @@ def serve(run_id: str, role: Role, broker_url: str, store_url: str, *, wait: flo
         broker = _retry(f"the broker at {redact_url(broker_url)}", lambda: connect(broker_url), deadline, (BrokerError,))
         checkpoints = Checkpoints(store, run_id)
         topo = _topology(checkpoints, deadline)
-        actor = make_actor(topo, role, broker, checkpoints)
+        roles = [role]
+        if with_head:
+            if role.is_head or role.layer != topo.depth or topo.shards[-1] != 1:
+                raise UsageError(f"--with-head needs the only neuron of the output layer L{topo.depth}.0, not {role.name}")
+            roles.append(HEAD)
+        router = Colocated(broker, [r.queue(run_id) for r in roles]) if with_head else broker
+        actors = [make_actor(topo, r, router, checkpoints) for r in roles]
         for queue in topo.all_queues():  # idempotent; a neuron may come up before the driver
             broker.declare(queue, dead_letter=topo.dead_letter_queue)
-        beat = Heartbeat(actor, checkpoints.record, heartbeat)
-        beat.start()
-        actor.report(Hello(actor.name, os.getpid(), socket.gethostname()))
-        log.info("%s of run %s serving %s", actor.name, run_id, actor.queue)
+        beats = [Heartbeat(actor, checkpoints.record, heartbeat) for actor in actors]
+        for beat, actor in zip(beats, actors):
+            beat.start()
+            actor.report(Hello(actor.name, os.getpid(), socket.gethostname()))
+            log.info("%s of run %s serving %s", actor.name, run_id, actor.queue)
         try:
             with threadpool_limits(limits=1, user_api="blas"):
-                actor.run(stop)
+                if with_head:
+                    run_together(actors, router, stop)
+                else:
+                    actors[0].run(stop)
         except NeuronError as exc:  # e.g. divergence: the same data would fail again, so the run must end
-            log.exception("%s failed", actor.name)
-            actor.fail(exc)
+            log.exception("%s failed", actors[0].name)
+            actors[0].fail(exc)
             return 1
         except StoreRefused as exc:  # out of memory, read-only, disk full: a restart would fail the same way
             log.error("%s: %s", actor.name, exc)
             actor.fail(exc)
             return 1
         except (BrokerError, StoreError) as exc:  # an outage: a restart and a new generation recover it
-            log.error("%s lost a service: %s", actor.name, exc)
+            log.error("%s lost a service: %s", actors[0].name, exc)
             return 1
         finally:
-            beat.stop.set()
-        log.info("%s stopped: %s", actor.name, dict(actor.stats))
+            for beat in beats:
+                beat.stop.set()
+        for actor in actors:
+            log.info("%s stopped: %s", actor.name, dict(actor.stats))
         return 0
     finally:
         if broker is not None:
@@ -251,7 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         run_id, role, broker_url, store_url = _settings(args)
-        return serve(run_id, role, broker_url, store_url, wait=args.wait, heartbeat=args.heartbeat, stop=stop)
+        return serve(run_id, role, broker_url, store_url, wait=args.wait, heartbeat=args.heartbeat, stop=stop,
+                     with_head=args.with_head)
     except UsageError as exc:
         print(f"neuron: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -1,4 +1,4 @@
-"""The embedded runtime: every neuron and the loss head on its own thread of this process."""
+"""The embedded runtime: every neuron on its own thread of this process, the loss head with a single output neuron."""
 from __future__ import annotations
 
 import logging
@@ -11,6 +11,8 @@ from broker.base import Broker
 from neuron.actor import Actor
 from neuron.dense import DenseNeuron
 from neuron.head import LossHead
+from neuron.host import Colocated, run_together
+from neuron.role import HEAD_LAYER
 from neuron.topology import Topology
 from orchestrator.errors import TrainingError
 from orchestrator.runtimes.base import Runtime, Services
@@ -23,18 +25,30 @@ class ThreadedActors(Runtime):
     """Runs the actors of a topology on threads and notices any that died."""
 
     def __init__(self, topo: Topology, broker: Broker, checkpoints: Checkpoints) -> None:
-        self.actors: list[Actor] = [DenseNeuron(topo, layer, index, broker, checkpoints)
-                                    for layer, index in topo.neurons()]
-        self.actors.append(LossHead(topo, broker))
+        # a single output neuron and the head share a thread: the logits and their gradient stay local
+        last = topo.depth if topo.shards[-1] == 1 else None
+        shared = Colocated(broker, [topo.queue(last, 0), topo.queue(HEAD_LAYER)]) if last else None
+        self.groups: list[list[Actor]] = []
+        for layer, index in topo.neurons():
+            if layer != last:
+                self.groups.append([DenseNeuron(topo, layer, index, broker, checkpoints)])
+        self.groups.append([DenseNeuron(topo, last, 0, shared, checkpoints), LossHead(topo, shared)] if last
+                           else [LossHead(topo, broker)])
+        self.actors: list[Actor] = [actor for group in self.groups for actor in group]
+        self._routers = {id(group): shared for group in self.groups if len(group) > 1}
         self._limits = ExitStack()
         self._stop = threading.Event()
         self._errors: dict[str, BaseException] = {}
-        self._threads = [threading.Thread(target=self._run, args=(a,), name=f"cuttlefish-{a.name}", daemon=True)
-                         for a in self.actors]
+        self._threads = [threading.Thread(target=self._run, args=(g,), name=f"cuttlefish-{g[0].name}", daemon=True)
+                         for g in self.groups]
 
-    def _run(self, actor: Actor) -> None:
+    def _run(self, group: list[Actor]) -> None:
+        actor = group[0]
         try:
-            actor.run(self._stop)
+            if len(group) == 1:
+                actor.run(self._stop)
+            else:
+                run_together(group, self._routers[id(group)], self._stop)
         except Exception as exc:  # a neuron's crash must reach the driver, not vanish with its thread
             log.exception("neuron %s crashed", actor.name)
             self._errors[actor.name] = exc
@@ -57,9 +71,9 @@ class ThreadedActors(Runtime):
         """Raise TrainingError if an actor thread crashed or exited early."""
         for name, exc in self._errors.items():
             raise TrainingError(f"neuron {name} crashed: {type(exc).__name__}: {exc}")
-        for actor, thread in zip(self.actors, self._threads):
+        for group, thread in zip(self.groups, self._threads):
             if not thread.is_alive() and not self._stop.is_set():
-                raise TrainingError(f"neuron {actor.name} exited unexpectedly")
+                raise TrainingError(f"neuron {group[0].name} exited unexpectedly")
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop and join every actor thread."""

@@ -20,6 +20,16 @@ SPAWN_RATE = 20.0
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+def process_roles(topo: Topology) -> dict[str, tuple[Role, bool]]:
+    """The processes of `topo` by name: (role, with the head?). A single-shard output layer hosts the head.
+
+    In one process the logits and their gradient stay off the broker: two hops fewer a step.
+    """
+    together = topo.shards[-1] == 1
+    return {role.name: (role, together and role.layer == topo.depth)
+            for role in topo.roles() if not (together and role.is_head)}
+
+
 class ProcessGroup(Runtime):
     """The neuron processes of one run (every neuron plus the loss head), each `python -m neuron`."""
 
@@ -30,6 +40,7 @@ class ProcessGroup(Runtime):
         self.topo, self.broker_url, self.store_url = topo, broker_url, store_url
         self.max_restarts, self.log_level = max_restarts, log_level
         self.roles: dict[str, Role] = {role.name: role for role in topo.roles()}
+        self.processes = process_roles(topo)
         self.procs: dict[str, subprocess.Popen] = {}
         self.restarts = 0
         self._stopping = False
@@ -47,7 +58,10 @@ class ProcessGroup(Runtime):
         self._next_spawn = max(self._next_spawn, time.monotonic()) + 1.0 / SPAWN_RATE
         env = dict(os.environ)
         # URLs travel in the environment, never on a command line that `ps` shows to every user
-        env.update(self.roles[name].env())
+        role, with_head = self.processes[name]
+        env.update(role.env())
+        if with_head:
+            env["CUTTLEFISH_WITH_HEAD"] = "1"
         env.update(CUTTLEFISH_RUN_ID=self.topo.run_id, CUTTLEFISH_BROKER=self.broker_url, CUTTLEFISH_STORE=self.store_url,
                    CUTTLEFISH_LOG_LEVEL=env.get("CUTTLEFISH_LOG_LEVEL", self.log_level),
                    OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
@@ -59,12 +73,16 @@ class ProcessGroup(Runtime):
 
     def start(self) -> None:
         """Start every neuron process."""
-        for name in self.roles:
+        for name in self.processes:
             self.procs[name] = self._spawn(name)
 
     def pids(self) -> dict[str, int]:
-        """Process id of each neuron."""
-        return {name: p.pid for name, p in self.procs.items()}
+        """Process id of each actor (the head's is its host's when it shares one)."""
+        pids = {name: p.pid for name, p in self.procs.items()}
+        host = next((name for name, (_, with_head) in self.processes.items() if with_head), None)
+        if host in pids:
+            pids["head"] = pids[host]
+        return pids
 
     def check(self) -> None:
         """Restart any neuron that exited; raise NeuronLost so the driver replays from its checkpoint."""
@@ -92,10 +110,16 @@ class ProcessGroup(Runtime):
         return {name: {"pid": pid, "restarts": self.restarts} for name, pid in self.pids().items()}
 
     def replace_layer(self, topo: Topology, layer: int) -> None:
-        """Stop the neurons of `layer` and start the set `topo` splits it into; the others keep running."""
-        old = {name: self.procs.pop(name) for name, role in list(self.roles.items()) if role.layer == layer}
+        """Stop the neurons of `layer` and start the set `topo` splits it into; the others keep running.
+
+        The output layer's processes and the head's are replaced together: the head moves into (or out of)
+        the output layer's process as that layer has one neuron (or more).
+        """
+        new = process_roles(topo)
+        old = {name: self.procs.pop(name) for name, (role, with_head) in list(self.processes.items())
+               if role.layer == layer or (layer == topo.depth and (role.is_head or with_head))}
         for name, proc in old.items():
-            del self.roles[name]
+            del self.processes[name]
             proc.terminate()  # SIGTERM: the neuron finishes the message at hand and exits 0
         for proc in old.values():  # gone before a successor consumes the same queue
             try:
@@ -104,10 +128,11 @@ class ProcessGroup(Runtime):
                 proc.kill()
                 proc.wait()
         self.topo = topo
-        for role in topo.neurons():
-            if role.layer == layer:
-                self.roles[role.name] = role
-                self.procs[role.name] = self._spawn(role.name)
+        self.roles = {role.name: role for role in topo.roles()}
+        for name, spec in new.items():
+            if name not in self.processes:
+                self.processes[name] = spec
+                self.procs[name] = self._spawn(name)
 
     def stop(self, timeout: float = 15.0) -> None:
         """Wait for the neurons to exit after the driver's stop message, then terminate what is left."""
