@@ -1,7 +1,6 @@
 """`memory://`: an in-process broker for the embedded mode; one instance is shared by all threads of a run."""
 from __future__ import annotations
 
-import collections
 import queue as _queue
 import threading
 import time
@@ -16,19 +15,19 @@ DEAD_LETTER_LIMIT = 1000
 class MemoryBroker(Broker):
     """Thread-safe in-process queues; a message lives in exactly one queue at a time.
 
-    A waiting reader leaves a doorbell on each queue it waits for; a publish rings the bells of its queue,
-    so one thread can wait on several queues at once (get_any) without polling.
+    A reader of one queue waits on it directly. A reader of several (get_any) leaves a doorbell on each,
+    which a publish to that queue rings, so it waits without polling.
     """
 
     def __init__(self, url: str = "memory://") -> None:
         self.url = url
-        self._queues: dict[str, collections.deque] = {}
+        self._queues: dict[str, _queue.SimpleQueue] = {}
         self._dead_letter: dict[str, str] = {}
         self._bells: dict[str, list[_queue.SimpleQueue]] = {}
         self._lock = threading.Lock()
         self._closed = False
 
-    def _queue(self, name: str) -> collections.deque:
+    def _queue(self, name: str) -> _queue.SimpleQueue:
         if self._closed:
             raise BrokerClosed(self.url)
         try:
@@ -40,18 +39,16 @@ class MemoryBroker(Broker):
         """Create `queue` (and `dead_letter`) if missing."""
         with self._lock:
             for name in filter(None, (queue, dead_letter)):
-                self._queues.setdefault(name, collections.deque())
+                self._queues.setdefault(name, _queue.SimpleQueue())
             if dead_letter:
                 self._dead_letter[queue] = dead_letter
 
-    def _put(self, queue: str, delivery: Delivery, limit: int | None = None) -> None:
-        with self._lock:
-            q = self._queue(queue)
-            q.append(delivery)
-            while limit is not None and len(q) > limit:
-                q.popleft()
-            for bell in self._bells.get(queue, ()):
-                bell.put(None)
+    def _put(self, queue: str, delivery: Delivery) -> _queue.SimpleQueue:
+        q = self._queue(queue)
+        q.put(delivery)
+        for bell in self._bells.get(queue, ()):  # after the put: a reader that missed it has its bell here
+            bell.put(None)
+        return q
 
     def publish(self, queue: str, body: bytes) -> None:
         """Append `body` to `queue`."""
@@ -59,24 +56,27 @@ class MemoryBroker(Broker):
 
     def get(self, queue: str, timeout: float | None = None) -> Delivery | None:
         """Take the next message of `queue`, waiting up to `timeout` seconds."""
-        return self.get_any((queue,), timeout)
+        q = self._queue(queue)
+        try:
+            return q.get(timeout=timeout) if timeout != 0 else q.get_nowait()
+        except _queue.Empty:
+            return None
 
     def get_any(self, queues, timeout: float | None = None) -> Delivery | None:
         """Take the next message of any of `queues` (the first non-empty in their order)."""
-        queues = tuple(queues)
+        found = [self._queue(name) for name in queues]
         deadline = None if timeout is None else time.monotonic() + timeout
-        bell = None
+        bell = _queue.SimpleQueue()
+        with self._lock:
+            for name in queues:
+                self._bells.setdefault(name, []).append(bell)
         try:
             while True:
-                with self._lock:
-                    for name in queues:
-                        q = self._queue(name)
-                        if q:
-                            return q.popleft()
-                    if bell is None:
-                        bell = _queue.SimpleQueue()
-                        for name in queues:
-                            self._bells.setdefault(name, []).append(bell)
+                for q in found:  # after the bell is up: a later put rings it
+                    try:
+                        return q.get_nowait()
+                    except _queue.Empty:
+                        pass
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     return None
@@ -84,11 +84,12 @@ class MemoryBroker(Broker):
                     bell.get(timeout=left)
                 except _queue.Empty:
                     pass
+                if self._closed:
+                    raise BrokerClosed(self.url)
         finally:
-            if bell is not None:
-                with self._lock:
-                    for name in queues:
-                        self._bells[name].remove(bell)
+            with self._lock:
+                for name in queues:
+                    self._bells[name].remove(bell)
 
     def ack(self, delivery: Delivery) -> None:
         """Nothing to confirm in memory: a taken message is already gone."""
@@ -97,21 +98,27 @@ class MemoryBroker(Broker):
         """Move `delivery` to its queue's dead-letter queue with `reason`."""
         target = self._dead_letter.get(delivery.queue)
         if target is not None:
-            self._put(target, Delivery(target, delivery.body, reason=reason,
-                                       headers={"x-first-death-queue": delivery.queue}), DEAD_LETTER_LIMIT)
+            q = self._put(target, Delivery(target, delivery.body, reason=reason,
+                                           headers={"x-first-death-queue": delivery.queue}))
+            while q.qsize() > DEAD_LETTER_LIMIT:
+                try:
+                    q.get_nowait()
+                except _queue.Empty:
+                    break
 
     def depth(self, queue: str) -> int:
         """Number of waiting messages."""
-        with self._lock:
-            return len(self._queue(queue))
+        return self._queue(queue).qsize()
 
     def purge(self, queue: str) -> int:
         """Drop every waiting message."""
-        with self._lock:
-            q = self._queue(queue)
-            count = len(q)
-            q.clear()
-            return count
+        q, count = self._queue(queue), 0
+        while True:
+            try:
+                q.get_nowait()
+            except _queue.Empty:
+                return count
+            count += 1
 
     def delete(self, queue: str) -> None:
         """Forget `queue`."""
@@ -120,9 +127,9 @@ class MemoryBroker(Broker):
             self._dead_letter.pop(queue, None)
 
     def close(self) -> None:
-        """Mark closed; later calls raise BrokerClosed, and waiting readers wake to see it."""
+        """Mark closed; later calls raise BrokerClosed, and readers of several queues wake to see it."""
+        self._closed = True
         with self._lock:
-            self._closed = True
             for bells in self._bells.values():
                 for bell in bells:
                     bell.put(None)
