@@ -25,7 +25,7 @@ from neuron.errors import (
     UnexpectedMessage,
 )
 from neuron.protocol import ACT, CHECKPOINT, CONTROL, EVAL, GRAD, JSON_KINDS, KINDS, LABELS, PRED, REPORT
-from neuron.role import Role
+from neuron.role import DRIVER_LAYER, Role
 
 # the protocol's kinds and flags travel with the codec, so callers that build messages need one import
 __all__ = [
@@ -37,6 +37,7 @@ MAGIC = b"CF"
 VERSION = 2  # 2: the loss head is source layer HEAD_LAYER, not depth + 1
 
 DTYPES: dict[int, np.dtype] = {1: np.dtype("<f4"), 2: np.dtype("<f8"), 3: np.dtype("<i4"), 4: np.dtype("<i8"), 5: np.dtype("u1")}
+PIXELS = np.dtype("u1")  # the driver's inputs as raw image bytes
 DTYPE_CODES = {dt: code for code, dt in DTYPES.items()}
 JSON_DTYPE = 0
 
@@ -171,7 +172,7 @@ def decode(body: bytes | memoryview, schema: Schema) -> Message:
                   src_layer=src_layer, src_index=src_index, flags=flags)
     if kind in JSON_KINDS:
         return Message(**common, data=_decode_json(bytes(body[HEADER.size:]), code, ndim))
-    return Message(**common, array=_decode_array(body, code, ndim, expected_cols, kind, schema))
+    return Message(**common, array=_decode_array(body, code, ndim, expected_cols, kind, schema, src_layer))
 
 
 def _decode_json(payload: bytes, code: int, ndim: int) -> dict:
@@ -188,7 +189,8 @@ def _decode_json(payload: bytes, code: int, ndim: int) -> dict:
     return data
 
 
-def _decode_array(body: bytes | memoryview, code: int, ndim: int, expected_cols, kind: int, schema: Schema) -> np.ndarray:
+def _decode_array(body: bytes | memoryview, code: int, ndim: int, expected_cols, kind: int, schema: Schema,
+                  src_layer: int) -> np.ndarray:
     dtype = DTYPES.get(code)
     if dtype is None:
         raise MalformedMessage(f"unknown dtype code {code}")
@@ -202,7 +204,9 @@ def _decode_array(body: bytes | memoryview, code: int, ndim: int, expected_cols,
     if len(body) - offset != count * dtype.itemsize:
         raise MalformedMessage(f"payload of {len(body) - offset} bytes does not match shape {shape} of {dtype}")
     want_dtype = schema.dtype if kind in (ACT, GRAD) else None
-    if want_dtype is not None and dtype != want_dtype:
+    # the driver may send its inputs as the raw pixels, a quarter of the bytes; layer 1 scales them
+    pixels = kind == ACT and src_layer == DRIVER_LAYER and dtype == PIXELS
+    if want_dtype is not None and dtype != want_dtype and not pixels:
         raise UnexpectedMessage(f"{KINDS[kind]} of dtype {dtype}, expected {want_dtype}")
     if kind in (LABELS, PRED) and dtype.kind not in "iu":
         raise UnexpectedMessage(f"{KINDS[kind]} of dtype {dtype}, expected integers")

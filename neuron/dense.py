@@ -7,7 +7,7 @@ from broker.base import Broker
 from neuron import codec, protocol
 from neuron.actor import Actor
 from neuron.errors import CheckpointMissing, ProtocolError, TrainingDiverged
-from neuron.kernels import activation_grad, dense_backward_input, dense_backward_params, dense_forward
+from neuron.kernels import activation_grad, dense_backward_input, dense_backward_params, dense_forward, scale_pixels
 from neuron.optim import apply_update, state_names
 from neuron.role import HEAD
 from neuron.topology import Topology
@@ -107,6 +107,8 @@ class DenseNeuron(Actor):
     def _forward(self, key: tuple[int, int, int], parts: dict[int, np.ndarray]) -> None:
         evaluating, step, micro = key
         x = parts[0] if len(parts) == 1 else np.concatenate([parts[s] for s in range(len(parts))], axis=1)  # (n, f)
+        if x.dtype == codec.PIXELS:  # the driver's raw pixels (layer 1 only)
+            x = scale_pixels(x, self.topo.np_dtype)  # (n, f)
         z, a = dense_forward(x, self.params["W"], self.params["b"], self.activation)  # (n, u), (n, u)
         _check_finite(a, self.name, "activations", step)
         if evaluating:

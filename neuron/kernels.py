@@ -39,6 +39,12 @@ def activation_grad(z: np.ndarray, a: np.ndarray, grad_a: np.ndarray, name: str)
     raise ValueError(f"unknown activation {name!r}")
 
 
+def scale_pixels(pixels: np.ndarray, dtype) -> np.ndarray:
+    """Inputs in [0, 1] of the floating `dtype` from uint8 `pixels` (n, f): pixels / 255."""
+    dt = np.dtype(dtype)
+    return pixels.astype(dt) / dt.type(255)  # (n, f)
+
+
 def dense_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, activation: str) -> tuple[np.ndarray, np.ndarray]:
     """Forward of rows `w` (u, f), `b` (u,) on inputs `x` (n, f): returns (z, act(z)), both (n, u)."""
     z = x @ w.T  # (n, f) @ (f, u) -> (n, u)

@@ -21,6 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
+from neuron.kernels import scale_pixels
 from orchestrator.data.png import PNG_MAGIC, png_grayscale
 from orchestrator.errors import ConfigError, DataError, raise_all
 
@@ -275,15 +276,20 @@ def load_mnist(split: str, data_dir: str | os.PathLike | None = None, *, verify:
     return Dataset(images=images.reshape(images.shape[0], IMAGE_SIZE), labels=labels)
 
 
+def pixels(images: np.ndarray) -> np.ndarray:
+    """The images as pixels shaped (N, 784), in their own dtype (a Dataset's: uint8, what the driver sends)."""
+    images = np.asarray(images)
+    if images.ndim == 0 or images.size != images.shape[0] * IMAGE_SIZE:
+        raise DataError(f"images of shape {images.shape} cannot be viewed as (N, {IMAGE_SIZE})")
+    return np.ascontiguousarray(images.reshape(images.shape[0], IMAGE_SIZE))
+
+
 def to_inputs(images: np.ndarray, dtype) -> np.ndarray:
     """Scale uint8 pixels to [0, 1] in a floating dtype, shaped (N, 784)."""
     dt = np.dtype(dtype)
     if dt.kind != "f":
         raise TypeError(f"to_inputs needs a floating dtype, got {dt}")
-    images = np.asarray(images)
-    if images.ndim == 0 or images.size != images.shape[0] * IMAGE_SIZE:
-        raise DataError(f"images of shape {images.shape} cannot be viewed as (N, {IMAGE_SIZE})")
-    return images.reshape(images.shape[0], IMAGE_SIZE).astype(dt) / dt.type(255)
+    return scale_pixels(pixels(images), dt)
 
 
 def epoch_order(n: int, epoch: int, seed: int, shuffle: bool) -> np.ndarray:
