@@ -71,40 +71,64 @@ def layout_name(config) -> str:
 
 
 class StepClock:
-    """Records when each step's loss arrived; the rate between `warmup` and the last step."""
+    """When each step's loss arrived, and the CPU seconds `cpu()` counted at the warm-up and the last step."""
 
-    def __init__(self, batch: int, warmup: int) -> None:
-        self.batch, self.warmup, self.times = batch, warmup, {}
+    def __init__(self, batch: int, warmup: int, last: int, cpu=time.process_time) -> None:
+        self.batch, self.warmup, self.last, self.cpu, self.times, self.cpus = batch, warmup, last, cpu, {}, {}
 
     def __call__(self, step: int, *_rest) -> None:
         self.times[step] = time.perf_counter()
+        if step in (self.warmup, self.last):
+            self.cpus[step] = self.cpu()
 
-    def rate(self) -> float:
-        """Steady-state samples/s."""
-        last = max(self.times)
-        return (last - self.warmup) * self.batch / (self.times[last] - self.times[self.warmup])
+    def figures(self) -> dict:
+        """Steady-state samples/s, and CPU milliseconds per step (every process of the run, all cores)."""
+        steps = self.last - self.warmup
+        return {"samples_per_s": steps * self.batch / (self.times[self.last] - self.times[self.warmup]),
+                "cpu_ms_per_step": (self.cpus[self.last] - self.cpus[self.warmup]) / steps * 1e3}
 
 
-def reference_rate(train, config, steps: int, warmup: int) -> float:
-    """Steady-state samples/s of the single-process trainer (orchestrator/reference.py)."""
+def proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of process `pid` so far."""
+    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def container_cpu(container) -> float:
+    """CPU seconds of a Docker container so far."""
+    stats = container.stats(stream=False, one_shot=True) if container is not None else None
+    return stats["cpu_stats"]["cpu_usage"]["total_usage"] / 1e9 if stats else 0.0
+
+
+def reference_rate(train, config, steps: int, warmup: int) -> dict:
+    """Steady-state figures of the single-process trainer (orchestrator/training/reference.py)."""
     tr, net = config.training, config.network
     trainer = ReferenceTrainer(init_params(net.sizes, net.activation, tr.dtype, tr.seed), net.activation,
                                tr.optimizer, tr.learning_rate, tr.momentum, tr.lr_decay,
                                make_schedule(config, len(train), None).steps_per_epoch, tr.weight_decay)
-    clock = StepClock(tr.batch_size, warmup)
+    clock = StepClock(tr.batch_size, warmup, steps - 1)
     train_reference(trainer, train, make_schedule(config, len(train), steps), tr.dtype, on_step=clock)
-    return clock.rate()
+    return clock.figures()
 
 
-def distributed_rate(train, config, steps: int, warmup: int, target: str, tag: str) -> float:
-    """Steady-state samples/s of a distributed run of `config` on `target`."""
-    clock = StepClock(config.training.batch_size, warmup)
+def distributed_rate(train, config, steps: int, warmup: int, target: str, tag: str, container=None) -> dict:
+    """Steady-state figures of a distributed run of `config` on `target` (CPU: driver, neurons, RabbitMQ)."""
+    pids: list[int] = []
+
+    def cpu() -> float:
+        return time.process_time() + sum(proc_cpu(pid) for pid in pids) + container_cpu(container)
+
+    def on_actors(group) -> None:
+        if target == "local":
+            pids.extend(sorted(set(group.pids().values())))
+
+    clock = StepClock(config.training.batch_size, warmup, steps - 1, cpu)
     run_id = f"speed-{os.getpid()}-{tag}-{time.monotonic_ns() % 10**8}"
     result = train_run(config, train, None, run_id=run_id, max_steps=steps, target=target,
-                       options=DriverOptions(on_step=clock))
+                       options=DriverOptions(on_step=clock), on_actors=on_actors)
     if result.steps != steps:
         raise SystemExit(f"{run_id}: ran {result.steps} steps, expected {steps}")
-    return clock.rate()
+    return clock.figures()
 
 
 def single_process(train, config, steps: int, warmup: int) -> dict:
@@ -116,11 +140,21 @@ def single_process(train, config, steps: int, warmup: int) -> dict:
     default = reference_rate(train, config, steps, warmup)
     with threadpool_limits(limits=1, user_api="blas"):
         one = reference_rate(train, config, steps, warmup)
-    return {"default_threads": round(default, 1), "one_thread": round(one, 1), "best": round(max(default, one), 1)}
+    return {"default_threads": _rounded(default), "one_thread": _rounded(one),
+            "best": round(max(default["samples_per_s"], one["samples_per_s"]), 1)}
 
 
-def rates(train, nets: list[str], repeat: int, amqp: str | None, redis_url: str | None) -> list[dict]:
-    """For every network and layout: embedded and over RabbitMQ, each right after the single process."""
+def _rounded(figures: dict) -> dict:
+    return {k: round(v, 3 if k.startswith("cpu") else 1) for k, v in figures.items()}
+
+
+def rates(train, nets: list[str], repeat: int, amqp: str | None, redis_url: str | None, container=None) -> list[dict]:
+    """For every network and layout: embedded and over RabbitMQ, each right after the single process.
+
+    ratio: samples/s against the single process's best of that moment; cpu_ratio: the single process's
+    CPU per step (one BLAS thread) over the distributed run's (every process, RabbitMQ's container too),
+    a figure the load of other work on the machine disturbs much less.
+    """
     rows = []
     targets = [("embedded", "embedded", None, None)] + ([("rabbitmq", "local", amqp, redis_url)] if amqp else [])
     for name in nets:
@@ -130,14 +164,16 @@ def rates(train, nets: list[str], repeat: int, amqp: str | None, redis_url: str 
             entry = {"layout": layout_name(config_of(text, layout, steps))}
             for label, target, broker, store in targets:
                 cfg = config_of(text, layout, steps, broker, store)
-                best = None
+                pairs = []
                 for _ in range(repeat):  # the best ratio of `repeat` (single process, distributed) pairs
                     ref = single_process(train, cfg, steps, warmup)
-                    rate = distributed_rate(train, cfg, steps, warmup, target, name)
-                    if best is None or rate / ref["best"] > best[1] / best[0]["best"]:
-                        best = (ref, rate)
-                entry[label] = {"single_process": best[0], "samples_per_s": round(best[1], 1),
-                                "ratio": round(best[1] / best[0]["best"], 3)}
+                    run = distributed_rate(train, cfg, steps, warmup, target, name, container if broker else None)
+                    pairs.append((run["samples_per_s"] / ref["best"], ref, run))
+                ratio, ref, run = max(pairs, key=lambda p: p[0])
+                entry[label] = {"single_process": ref, **_rounded(run), "ratio": round(ratio, 3),
+                                "cpu_ratio": round(max(ref["one_thread"]["cpu_ms_per_step"] / p[2]["cpu_ms_per_step"]
+                                                       for p in pairs), 3),
+                                "load": os.getloadavg()[0]}
             print(f"{name} {entry}", flush=True)
             row["layouts"].append(entry)
         rows.append(row)
@@ -148,15 +184,17 @@ def markdown(out: dict) -> str:
     """A short human summary of the JSON results."""
     lines = [f"# Speed benchmark ({out['when']})", "", out["measure"], ""]
     if "rates" in out:
-        lines += ["| network | layout | mode | samples/s | single process (default / 1 thread) | ratio |",
-                  "|---|---|---|---|---|---|"]
+        lines += ["| network | layout | mode | samples/s | single process (default / 1 thread) | ratio | "
+                  "CPU ms/step | CPU ratio |", "|---|---|---|---|---|---|---|---|"]
         for row in out["rates"]:
             for e in row["layouts"]:
                 for mode in ("embedded", "rabbitmq"):
                     if mode in e:
                         m, ref = e[mode], e[mode]["single_process"]
                         lines.append(f"| {row['network']} | {e['layout']} | {mode} | {m['samples_per_s']:,.0f} | "
-                                     f"{ref['default_threads']:,.0f} / {ref['one_thread']:,.0f} | {m['ratio']:.2f}x |")
+                                     f"{ref['default_threads']['samples_per_s']:,.0f} / "
+                                     f"{ref['one_thread']['samples_per_s']:,.0f} | {m['ratio']:.2f}x | "
+                                     f"{m['cpu_ms_per_step']:.2f} | {m['cpu_ratio']:.2f}x |")
         lines.append("")
     if "pingpong" in out:
         lines += ["| broker | body | round trip (median) |", "|---|---|---|"]
@@ -205,18 +243,18 @@ def main(argv=None) -> int:
             redis_url = redis_url or stack.enter_context(services.redis())[0]
         if args.no_services:
             amqp = redis_url = None
+        container = rabbit_box.get_wrapped_container() if rabbit_box is not None else None
+        if container is None and os.environ.get("CUTTLEFISH_BENCH_RABBITMQ_CONTAINER"):
+            import docker  # the container whose CPU time is counted, when the URL was given
+
+            container = docker.from_env().containers.get(os.environ["CUTTLEFISH_BENCH_RABBITMQ_CONTAINER"])
         if "pingpong" in args.sections:
             out["pingpong"] = [pingpong(url, 64 << 10) for url in ("memory://", amqp) if url]
             print(json.dumps(out["pingpong"], indent=1), flush=True)
         if "rates" in args.sections:
-            out["rates"] = rates(train, args.nets, args.repeat, amqp, redis_url)
+            out["rates"] = rates(train, args.nets, args.repeat, amqp, redis_url, container)
         if "profile" in args.sections and amqp:
             text, _, _, _ = NETS["b128"]
-            container = rabbit_box.get_wrapped_container() if rabbit_box is not None else None
-            if container is None and os.environ.get("CUTTLEFISH_BENCH_RABBITMQ_CONTAINER"):
-                import docker  # the container whose CPU time is reported, when the URL was given
-
-                container = docker.from_env().containers.get(os.environ["CUTTLEFISH_BENCH_RABBITMQ_CONTAINER"])
             out["profile"] = profile_run(train, config_of(text, "1,1,1/1", 4000, amqp, redis_url), container)
     out["when"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     path = pathlib.Path(args.out)

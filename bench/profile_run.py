@@ -26,10 +26,10 @@ MAIN_RULES = [
     ("encode", r"(^|;)encode \(codec\.py"),
     ("decode", r"(^|;)decode \(codec\.py"),
     ("checkpoint/store", r"\((checkpoint|redis|store)\.py"),
-    ("waiting for a message", r"(^|;)get \((rabbitmq|memory)\.py"),
+    ("waiting for a message", r"(^|;)(get|get_any) \((rabbitmq|memory|base)\.py"),
     ("publish/ack hand-off", r"(^|;)(publish|publish_many|ack|reject|_submit|_settle) \((rabbitmq|memory)\.py"),
     ("driver: batch preparation", r"(^|;)(to_inputs|indices|order) \((data|schedule)\.py"),
-    ("actor bookkeeping", r"\((actor|dense|head|driver)\.py"),
+    ("actor bookkeeping", r"\((actor|dense|head|driver|host)\.py"),
 ]
 IO_RULES = [
     ("io: waiting", r"poll \(select_connection\.py[^;]*$"),
@@ -86,7 +86,10 @@ class _Sampler:
         self.cpu0: dict[str, float] = {}
 
     def on_actors(self, group) -> None:
-        self.pids = {**group.pids(), "driver": os.getpid()}
+        by_pid: dict[int, list[str]] = {}
+        for name, pid in {**group.pids(), "driver": os.getpid()}.items():
+            by_pid.setdefault(pid, []).append(name)  # actors sharing a process are sampled once
+        self.pids = {"+".join(names): pid for pid, names in by_pid.items()}
 
     def _container_cpu(self) -> float | None:
         if self.container is None:
