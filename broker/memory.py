@@ -43,12 +43,10 @@ class MemoryBroker(Broker):
             if dead_letter:
                 self._dead_letter[queue] = dead_letter
 
-    def _put(self, queue: str, delivery: Delivery) -> _queue.SimpleQueue:
-        q = self._queue(queue)
-        q.put(delivery)
+    def _put(self, queue: str, delivery: Delivery) -> None:
+        self._queue(queue).put(delivery)
         for bell in self._bells.get(queue, ()):  # after the put: a reader that missed it has its bell here
             bell.put(None)
-        return q
 
     def publish(self, queue: str, body: bytes) -> None:
         """Append `body` to `queue`."""
@@ -66,7 +64,7 @@ class MemoryBroker(Broker):
         """Take the next message of any of `queues` (the first non-empty in their order)."""
         found = [self._queue(name) for name in queues]
         deadline = None if timeout is None else time.monotonic() + timeout
-        bell = _queue.SimpleQueue()
+        bell: _queue.SimpleQueue[None] = _queue.SimpleQueue()
         with self._lock:
             for name in queues:
                 self._bells.setdefault(name, []).append(bell)
@@ -98,8 +96,9 @@ class MemoryBroker(Broker):
         """Move `delivery` to its queue's dead-letter queue with `reason`."""
         target = self._dead_letter.get(delivery.queue)
         if target is not None:
-            q = self._put(target, Delivery(target, delivery.body, reason=reason,
-                                           headers={"x-first-death-queue": delivery.queue}))
+            self._put(target, Delivery(target, delivery.body, reason=reason,
+                                       headers={"x-first-death-queue": delivery.queue}))
+            q = self._queue(target)
             while q.qsize() > DEAD_LETTER_LIMIT:
                 try:
                     q.get_nowait()

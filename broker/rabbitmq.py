@@ -409,7 +409,7 @@ class RabbitBroker(Broker):
 
     def _settle(self, delivery: Delivery, fn) -> None:
         epoch, tag = cast("tuple[int, int]", delivery.tag)  # (connection epoch, delivery tag), set on arrival
-        self._acks.forget(delivery.tag)
+        self._acks.forget((epoch, tag))
         self._submit(lambda: fn(tag) if epoch == self._epoch else None, wait=False)
 
     def _flush_acks(self) -> None:
@@ -423,7 +423,7 @@ class RabbitBroker(Broker):
     def ack(self, delivery: Delivery) -> None:
         """Confirm `delivery`; it is gone for good (acks of a single consumed queue are sent in batches)."""
         if len(self._consuming) == 1 and self._acks.size > 1:
-            if self._acks.settle(delivery.tag):
+            if self._acks.settle(cast("tuple[int, int]", delivery.tag)):
                 self._submit(self._flush_acks, wait=False)
             return
         self._settle(delivery, lambda tag: self._channel.basic_ack(tag))

@@ -199,8 +199,8 @@ def serve(run_id: str, role: Role, broker_url: str, store_url: str, *, wait: flo
             if role.is_head or role.layer != topo.depth or topo.shards[-1] != 1:
                 raise UsageError(f"--with-head needs the only neuron of the output layer L{topo.depth}.0, not {role.name}")
             roles.append(HEAD)
-        router = Colocated(broker, [r.queue(run_id) for r in roles]) if with_head else broker
-        actors = [make_actor(topo, r, router, checkpoints) for r in roles]
+        router = Colocated(broker, [r.queue(run_id) for r in roles])
+        actors = [make_actor(topo, r, router if with_head else broker, checkpoints) for r in roles]
         for queue in topo.all_queues():  # idempotent; a neuron may come up before the driver
             broker.declare(queue, dead_letter=topo.dead_letter_queue)
         beats = [Heartbeat(actor, checkpoints.record, heartbeat) for actor in actors]
