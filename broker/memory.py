@@ -5,7 +5,7 @@ import queue as _queue
 import threading
 import time
 
-from broker.base import Broker, Delivery
+from broker.base import Broker, Delivery, HandedDelivery
 from broker.errors import BrokerClosed, QueueNotDeclared
 
 # a dead-letter queue nobody reads must not grow without bound: past this the oldest letters go
@@ -51,6 +51,11 @@ class MemoryBroker(Broker):
     def publish(self, queue: str, body: bytes) -> None:
         """Append `body` to `queue`."""
         self._put(queue, Delivery(queue, bytes(body)))
+
+    def publish_object(self, queues, message: object, encode) -> None:
+        """Hand `message` itself to every queue of `queues`: its readers are threads of this process."""
+        for queue in queues:
+            self._put(queue, HandedDelivery(queue, message, encode))
 
     def get(self, queue: str, timeout: float | None = None) -> Delivery | None:
         """Take the next message of `queue`, waiting up to `timeout` seconds."""

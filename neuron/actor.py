@@ -62,7 +62,7 @@ class Actor(ABC):
         """Decode, route and settle one delivery; bad messages are dead-lettered and counted, never raised."""
         self.stats["in"] += 1
         try:
-            msg = codec.decode(delivery.body, self.schema)
+            msg = codec.received(delivery, self.schema)
             # overflow shows up as inf/NaN, which the neurons check for explicitly and report as divergence
             with np.errstate(over="ignore", invalid="ignore"):
                 self._dispatch(msg)
@@ -165,12 +165,12 @@ class Actor(ABC):
         self._seen = {k for k in self._seen if k[2] >= step}  # k[2] is the step of the key _dispatch builds
 
     def send(self, queues: list[str], kind: int, step: int, *, micro: int = 0, nmicro: int = 0, flags: int = 0,
-             array: np.ndarray | None = None) -> None:
-        """Encode one array message once and publish it to every queue of `queues`."""
+             array: np.ndarray) -> None:
+        """Publish one array message to every queue of `queues` (encoded once, where it crosses a wire)."""
         generation = self.generation if self.generation is not None else 0  # sends follow a start
-        body = codec.encode(kind, self.topo.run_tag, generation, step, micro=micro, nmicro=nmicro,
-                            source=self.role, flags=flags, array=array, key=self.topo.key)
-        self.broker.publish_many(queues, body)
+        message, body = codec.outgoing(kind, self.topo.run_tag, generation, step, micro=micro, nmicro=nmicro,
+                                       source=self.role, flags=flags, array=array, key=self.topo.key)
+        self.broker.publish_object(queues, message, body)
         self.stats["out"] += len(queues)
 
     def report(self, event: Report, generation: int | None = None) -> None:

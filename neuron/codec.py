@@ -12,10 +12,11 @@ import hmac
 import json
 import struct
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 
+from broker.base import Delivery
 from neuron.errors import (
     BadSignature,
     ForeignMessage,
@@ -130,6 +131,26 @@ def encode(
     mac.update(dims)
     mac.update(data_bytes)
     return b"".join((head, dims, data_bytes, mac.digest()))
+
+
+def outgoing(kind: int, run_tag: int, generation: int, step: int, *, micro: int = 0, nmicro: int = 0,
+             source: tuple[int, int] = (0, 0), flags: int = 0, array: np.ndarray, key: bytes
+             ) -> tuple[Message, Callable[[], bytes]]:
+    """An array message as the object a reader in this process takes, and the encoder of its signed bytes."""
+    message = Message(kind, run_tag, generation, step, micro, nmicro, source[0], source[1], flags,
+                      array=np.ascontiguousarray(array))
+
+    def body() -> bytes:
+        return encode(kind, run_tag, generation, step, micro=micro, nmicro=nmicro, source=source, flags=flags,
+                      array=message.array, key=key)
+    return message, body
+
+
+def received(delivery: Delivery, schema: Schema) -> Message:
+    """The message of `delivery`: the object handed over in this process, else its body decoded and checked."""
+    if isinstance(delivery.message, Message):
+        return delivery.message
+    return decode(delivery.body, schema)
 
 
 def sign(unsigned: bytes, key: bytes) -> bytes:

@@ -11,7 +11,7 @@ import logging
 import threading
 from typing import Iterable
 
-from broker.base import Broker, Delivery
+from broker.base import Broker, Delivery, HandedDelivery
 from neuron.actor import Actor
 
 log = logging.getLogger(__name__)
@@ -47,15 +47,26 @@ class Colocated(Broker):
 
     def publish_many(self, queues, body: bytes) -> None:
         """Hand `body` to the local actors among `queues` and publish it once to the others."""
+        remote = self._hand_over(queues, lambda queue: Delivery(queue, body, tag=_LOCAL))
+        if remote:
+            self.inner.publish_many(remote, body)
+
+    def publish_object(self, queues, message: object, encode) -> None:
+        """Hand `message` itself to the local actors among `queues`; the broker decides for the others."""
+        remote = self._hand_over(queues, lambda queue: HandedDelivery(queue, message, encode, tag=_LOCAL))
+        if remote:
+            self.inner.publish_object(remote, message, encode)
+
+    def _hand_over(self, queues, delivery) -> list[str]:
+        """Queue `delivery(queue)` for each local queue of `queues`; returns the others."""
         remote = []
         for queue in queues:
             local = self._local.get(queue)
             if local is None:
                 remote.append(queue)
             else:
-                local.append(Delivery(queue, body, tag=_LOCAL))
-        if remote:
-            self.inner.publish_many(remote, body)
+                local.append(delivery(queue))
+        return remote
 
     def ack(self, delivery: Delivery) -> None:
         """Confirm a broker delivery (a local one has nothing to confirm)."""

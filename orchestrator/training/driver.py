@@ -175,7 +175,7 @@ class Driver:
             return
         self._last_message = time.monotonic()
         try:
-            msg = codec.decode(delivery.body, self.schema)
+            msg = codec.received(delivery, self.schema)
         except CodecError as exc:
             self.stats["rejected"] += 1
             if isinstance(exc, BadSignature):
@@ -387,14 +387,13 @@ class Driver:
         sizes = micro_sizes(x.shape[0], self.topo.micro_batches)
         tag, gen, key = self.topo.run_tag, self.generation, self.topo.key
         first = self.topo.layer_queues(1)
-        self.broker.publish(HEAD.queue(self.topo.run_id),
-                            codec.encode(protocol.LABELS, tag, gen, step, nmicro=len(sizes), array=y.astype(np.int32),
-                                         key=key))
+        self.broker.publish_object([HEAD.queue(self.topo.run_id)], *codec.outgoing(
+            protocol.LABELS, tag, gen, step, nmicro=len(sizes), array=y.astype(np.int32), key=key))
         offset = 0
         for micro, rows in enumerate(sizes):
-            body = codec.encode(protocol.ACT, tag, gen, step, micro=micro, nmicro=len(sizes), flags=flags,
-                                array=x[offset:offset + rows], key=key)
-            self.broker.publish_many(first, body)
+            self.broker.publish_object(first, *codec.outgoing(
+                protocol.ACT, tag, gen, step, micro=micro, nmicro=len(sizes), flags=flags,
+                array=x[offset:offset + rows], key=key))
             offset += rows
 
     def evaluate(self, test: Dataset, version: int) -> float:
