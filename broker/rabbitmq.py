@@ -22,6 +22,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import pika
 import pika.exceptions as pex
 
+from broker.acks import AckBatch
 from broker.base import Broker, Delivery
 from broker.errors import BrokerClosed, BrokerError, BrokerUnavailable, QueueNotDeclared
 from broker.schemes import redact_url
@@ -75,7 +76,7 @@ class RabbitBroker(Broker):
         self._broken = False  # a caller saw the connection fail; the I/O thread reconnects
         self._stopped = False  # the I/O thread has ended
         self._serviced = 0.0  # when a holder last read the connection
-        self._acks = _AckBatch(max(1, min(32, self.prefetch // 2)))
+        self._acks = AckBatch(max(1, min(32, self.prefetch // 2)), IO_TICK)
         self._inbox: dict[str, _queue.SimpleQueue] = {}
         self._declared: dict[str, str | None] = {}
         self._exchange: dict[str, str] = {}
@@ -510,59 +511,3 @@ def _read_in_large_chunks(conn: pika.BlockingConnection, size: int) -> None:
     transport = getattr(getattr(conn, "_impl", None), "_transport", None)
     if transport is not None and hasattr(transport, "_MAX_RECV_BYTES"):
         transport._MAX_RECV_BYTES = size  # an instance attribute: pika's class and other connections keep theirs
-
-
-class _AckBatch:
-    """Acks of one consumed queue, sent as one `multiple` ack per batch.
-
-    Deliveries of a single consumer arrive and are taken in delivery-tag order, so every tag below the
-    oldest taken-but-unsettled one is settled, and one multiple ack covers them all; a settled tag above
-    an unsettled one is acked on its own. A crash loses at most a batch of acks: those messages are
-    delivered again and dropped as duplicates or stale.
-    """
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._lock = threading.Lock()
-        self._taken: set[tuple[int, int]] = set()
-        self._settled: list[tuple[int, int]] = []
-        self._since = 0.0
-
-    def reset(self) -> None:
-        """A new channel: its tags start again."""
-        with self._lock:
-            self._taken.clear()
-            self._settled.clear()
-
-    def take(self, tag: tuple[int, int]) -> None:
-        """`tag` (epoch, delivery tag) was handed to a caller."""
-        with self._lock:
-            self._taken.add(tag)
-
-    def forget(self, tag: tuple[int, int]) -> None:
-        """`tag` is settled outside the batch (rejected, or acked on its own)."""
-        with self._lock:
-            self._taken.discard(tag)
-
-    def settle(self, tag: tuple[int, int]) -> bool:
-        """Mark `tag` acked; True when the batch is full and should be sent."""
-        with self._lock:
-            self._taken.discard(tag)
-            if not self._settled:
-                self._since = time.monotonic()
-            self._settled.append(tag)
-            return len(self._settled) >= self.size
-
-    def flush_due(self, flush) -> None:
-        """Call `flush` if acks have waited longer than the I/O thread's tick."""
-        if self._settled and time.monotonic() - self._since > IO_TICK:
-            flush()
-
-    def due(self, epoch: int) -> tuple[int | None, list[int]]:
-        """(tag of one multiple ack or None, tags to ack singly) of `epoch`; the batch is emptied."""
-        with self._lock:
-            settled, self._settled = self._settled, []
-            low = min((t for e, t in self._taken if e == epoch), default=None)
-        tags = [t for e, t in settled if e == epoch]
-        below = [t for t in tags if low is None or t < low]
-        return (max(below) if below else None), [t for t in tags if low is not None and t > low]
