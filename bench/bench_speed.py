@@ -180,6 +180,46 @@ def rates(train, nets: list[str], repeat: int, amqp: str | None, redis_url: str 
     return rows
 
 
+def mac_cost(config) -> dict:
+    """HMAC-SHA256 cost of one training step of `config` over RabbitMQ: every body signed once, checked per receiver.
+
+    The step's messages follow neuron/protocol.py (inputs as pixels; the head beside a single output neuron
+    takes the logits in-process, unsigned); each HMAC is timed here, on this machine, in this run.
+    """
+    import hmac
+
+    topo = config_of_topology(config)
+    key, batch = bytes(32), config.training.batch_size
+    bodies: list[tuple[int, int]] = [(batch * topo.sizes[0], topo.shards[0]), (batch * 4, 1), (200, 1)]
+    for layer in range(1, topo.depth + 1):
+        receivers = topo.shards[layer] if layer < topo.depth else (0 if topo.shards[-1] == 1 else 1)
+        for a, b in topo.splits(layer):
+            if receivers:
+                bodies.append((batch * (b - a) * 4, receivers))  # its activations, to every next neuron
+                bodies.append((batch * (b - a) * 4, 1))  # the gradient of its columns, back to it
+    us: dict[int, float] = {}
+    for size, _ in bodies:
+        if size not in us:
+            body = os.urandom(size + 64)
+            t0, n = time.thread_time(), 0  # CPU time: other work on the machine does not count
+            while time.thread_time() - t0 < 0.2:
+                hmac.digest(key, body, "sha256")
+                n += 1
+            us[size] = (time.thread_time() - t0) / n * 1e6
+    total = sum(us[size] * (1 + receivers) for size, receivers in bodies)
+    return {"layout": layout_name(config), "messages_signed": len(bodies),
+            "signature_checks": sum(r for _, r in bodies), "bytes_signed": sum(size for size, _ in bodies),
+            "hmac_us_by_body_bytes": {str(k): round(v, 2) for k, v in sorted(us.items())},
+            "hmac_cpu_ms_per_step": round(total / 1e3, 3)}
+
+
+def config_of_topology(config):
+    """The plan's topology of `config` (run id irrelevant)."""
+    from orchestrator.config.plan import build_plan
+
+    return build_plan(config, "mac-cost", 100)
+
+
 def markdown(out: dict) -> str:
     """A short human summary of the JSON results."""
     lines = [f"# Speed benchmark ({out['when']})", "", out["measure"], ""]
@@ -217,7 +257,7 @@ def markdown(out: dict) -> str:
 def main(argv=None) -> int:
     """Run the selected sections against one RabbitMQ and one Redis; write JSON and Markdown."""
     p = argparse.ArgumentParser()
-    p.add_argument("--sections", nargs="+", default=["pingpong", "rates", "profile"])
+    p.add_argument("--sections", nargs="+", default=["pingpong", "mac", "rates", "profile"])
     p.add_argument("--nets", nargs="+", default=list(NETS))
     p.add_argument("--amqp", default=os.environ.get("CUTTLEFISH_TEST_AMQP_URL"))
     p.add_argument("--redis", default=os.environ.get("CUTTLEFISH_TEST_REDIS_URL"))
@@ -253,6 +293,9 @@ def main(argv=None) -> int:
             print(json.dumps(out["pingpong"], indent=1), flush=True)
         if "rates" in args.sections:
             out["rates"] = rates(train, args.nets, args.repeat, amqp, redis_url, container)
+        if "mac" in args.sections:
+            out["mac"] = [mac_cost(config_of(NETS["b128"][0], layout, 100)) for layout in NETS["b128"][3]]
+            print(json.dumps(out["mac"], indent=1), flush=True)
         if "profile" in args.sections and amqp:
             text, _, _, _ = NETS["b128"]
             out["profile"] = profile_run(train, config_of(text, "1,1,1/1", 4000, amqp, redis_url), container)
