@@ -1,4 +1,9 @@
-"""The embedded runtime: every neuron on its own thread of this process, the loss head with a single output neuron."""
+"""The embedded runtime: the actors of a run on threads of this process.
+
+Each neuron has a thread of its own, except the run of single-neuron layers that ends the network: those
+neurons and the loss head share one thread, since their work is one after another anyway; their messages
+then never wait for another thread (neuron/host.py).
+"""
 from __future__ import annotations
 
 import logging
@@ -21,19 +26,30 @@ from paramstore.checkpoint import Checkpoints
 log = logging.getLogger(__name__)
 
 
+def tail_layers(topo: Topology) -> list[int]:
+    """The single-neuron layers that end the network, the first layer only if it is the output layer.
+
+    They share the head's thread; the first layer keeps a thread of its own (its parameter gradients
+    overlap the later layers' work).
+    """
+    if topo.shards[-1] != 1:
+        return []
+    start = topo.depth
+    while start - 1 >= 2 and topo.shards[start - 2] == 1:
+        start -= 1
+    return list(range(start, topo.depth + 1))
+
+
 class ThreadedActors(Runtime):
     """Runs the actors of a topology on threads and notices any that died."""
 
     def __init__(self, topo: Topology, broker: Broker, checkpoints: Checkpoints) -> None:
-        # a single output neuron and the head share a thread: the logits and their gradient stay local
-        last = topo.depth if topo.shards[-1] == 1 else None
-        shared = Colocated(broker, [topo.queue(last, 0), topo.queue(HEAD_LAYER)]) if last else None
-        self.groups: list[list[Actor]] = []
-        for layer, index in topo.neurons():
-            if layer != last:
-                self.groups.append([DenseNeuron(topo, layer, index, broker, checkpoints)])
-        self.groups.append([DenseNeuron(topo, last, 0, shared, checkpoints), LossHead(topo, shared)] if last
-                           else [LossHead(topo, broker)])
+        tail = tail_layers(topo)
+        shared = Colocated(broker, [topo.queue(layer, 0) for layer in tail] + [topo.queue(HEAD_LAYER)])
+        self.groups: list[list[Actor]] = [[DenseNeuron(topo, layer, index, broker, checkpoints)]
+                                          for layer, index in topo.neurons() if layer not in tail]
+        self.groups.append([*(DenseNeuron(topo, layer, 0, shared, checkpoints) for layer in tail), LossHead(topo, shared)]
+                           if tail else [LossHead(topo, broker)])
         self.actors: list[Actor] = [actor for group in self.groups for actor in group]
         self._routers = {id(group): shared for group in self.groups if len(group) > 1}
         self._limits = ExitStack()
