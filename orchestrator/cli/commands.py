@@ -12,7 +12,6 @@ import sys
 from urllib.parse import urlsplit
 
 from broker.errors import BrokerError
-from broker.schemes import redact_url
 from compose import context as compose_context
 from neuron.errors import NeuronError
 from neuron.kernels import HIDDEN_ACTIVATIONS
@@ -231,7 +230,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             if args.save_model:  # a driver killed after finishing but before saving still leaves the model
                 with open_store(config.paramstore) as store:
                     params = Checkpoints(store, run_id).read_model(state.latest, len(config.network.sizes) - 1)
-                _save_model(args.save_model, params, config, args.config, run=run_id,
+                _save_model(args.save_model, params, config, args.config,
                             test_accuracy=state.test_accuracy)
             if state.test_accuracy is not None:
                 print(f"test accuracy: {state.test_accuracy:.4f}")
@@ -257,7 +256,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         result = train_run(config, train, test, run_id=run_id, max_steps=args.max_steps, resume=resume,
                            initial=initial, options=options, target=args.target)
     if args.save_model:
-        _save_model(args.save_model, result.params, config, args.config, run=run_id, steps=result.steps,
+        _save_model(args.save_model, result.params, config, args.config, steps=result.steps,
                     test_accuracy=result.test_accuracy)
     if args.plot:
         title = f"run {run_id}: {'-'.join(map(str, config.network.sizes))}, {config.network.activation}"
@@ -277,9 +276,14 @@ def _stored_run(store_url: str, run_id: str) -> Manifest | None:
 
 
 def _model_meta(config: Config, config_path: str, **extra) -> dict:
-    """What a model file trained from `config` says about itself (URLs redacted: a model file gets shared)."""
+    """What a model file trained from `config` says about itself: the model, not where it was trained.
+
+    The broker and store URLs and the run id are left out, so the same training gives the same file
+    byte for byte whichever services ran it (the recovery tests compare model files), and a shared
+    model file carries no host names or credentials.
+    """
     values = dataclasses.asdict(config)
-    values["broker"], values["paramstore"] = redact_url(config.broker), redact_url(config.paramstore)
+    del values["broker"], values["paramstore"]
     return {"source": os.path.abspath(config_path), "values": values, **extra}
 
 
