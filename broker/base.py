@@ -7,6 +7,19 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 
+# a rejected body larger than this is dead-lettered as its first DEAD_LETTER_HEAD bytes only
+DEAD_LETTER_BODY_BYTES = 64 * 1024
+DEAD_LETTER_HEAD = 1024
+TRUNCATED_HEADER = "x-cuttlefish-truncated"  # the original length of a body dead-lettered cut
+
+
+def dead_letter_body(body: bytes) -> tuple[bytes, dict]:
+    """What a dead-letter queue keeps of a rejected `body`, and the headers saying it was cut."""
+    if len(body) <= DEAD_LETTER_BODY_BYTES:
+        return body, {}
+    return bytes(body[:DEAD_LETTER_HEAD]), {TRUNCATED_HEADER: len(body)}
+
+
 @dataclass
 class Delivery:
     """One message taken from a queue, to be acked or rejected exactly once."""
@@ -97,6 +110,16 @@ class Broker(ABC):
         """Publish `message` to every queue of `queues`: as the bytes `encode()` makes, or, to a reader in
         this process, as the object itself (no copy, no signature to make and check: nothing crossed a wire)."""
         self.publish_many(queues, encode())
+
+    @property
+    def reconnects(self) -> int:
+        """How often the connection was lost and restored: messages in flight then may be gone."""
+        return 0
+
+    @property
+    def alarm(self) -> str | None:
+        """Why the broker blocks publishers (a memory or disk alarm), or None."""
+        return None
 
     def publish_many(self, queues, body: bytes) -> None:
         """Publish the same `body` to every queue of `queues` (backends may batch)."""

@@ -5,7 +5,7 @@ import queue as _queue
 import threading
 import time
 
-from broker.base import Broker, Delivery, HandedDelivery
+from broker.base import Broker, Delivery, HandedDelivery, dead_letter_body
 from broker.errors import BrokerClosed, QueueNotDeclared
 
 # a dead-letter queue nobody reads must not grow without bound: past this the oldest letters go
@@ -101,8 +101,9 @@ class MemoryBroker(Broker):
         """Move `delivery` to its queue's dead-letter queue with `reason`."""
         target = self._dead_letter.get(delivery.queue)
         if target is not None:
-            self._put(target, Delivery(target, delivery.body, reason=reason,
-                                       headers={"x-first-death-queue": delivery.queue}))
+            body, cut = dead_letter_body(delivery.body)  # an oversized body is not kept whole
+            self._put(target, Delivery(target, body, reason=reason,
+                                       headers={"x-first-death-queue": delivery.queue, **cut}))
             q = self._queue(target)
             while q.qsize() > DEAD_LETTER_LIMIT:
                 try:

@@ -23,7 +23,7 @@ import pika
 import pika.exceptions as pex
 
 from broker.acks import AckBatch
-from broker.base import Broker, Delivery
+from broker.base import Broker, Delivery, dead_letter_body
 from broker.errors import BrokerClosed, BrokerError, BrokerUnavailable, QueueNotDeclared
 from broker.schemes import redact_url
 
@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 REASON_HEADER = "x-cuttlefish-reason"
 FIRST_QUEUE_HEADER = "x-first-death-queue"
 DEAD_LETTER_LIMIT = 1000  # as the memory broker: an unread dead-letter queue keeps only its newest letters
+DEAD_LETTER_BYTES = 64 << 20  # and at most this many bytes of them
+QUEUE_BYTES = 256 << 20  # a neuron's queue holds at most this; the oldest messages are dead-lettered beyond
 _TRANSIENT = pika.BasicProperties(delivery_mode=1)
 # connection-level failures after which the I/O thread reconnects
 _CONNECTION_ERRORS = (pex.AMQPConnectionError, pex.ConnectionClosed, pex.StreamLostError, OSError)
@@ -86,6 +88,7 @@ class RabbitBroker(Broker):
         self._channel: Any = None
         self._decl_channel: Any = None
         self._epoch = 0
+        self._alarm: str | None = None
         self._error: BrokerError | None = None
         self._closed = False
         self._ready = threading.Event()
@@ -102,6 +105,8 @@ class RabbitBroker(Broker):
             try:
                 self._conn = pika.BlockingConnection(self._params)
                 _read_in_large_chunks(self._conn, self._read_bytes)
+                self._conn.add_on_connection_blocked_callback(self._on_blocked)
+                self._conn.add_on_connection_unblocked_callback(self._on_unblocked)
                 self._channel = self._conn.channel()
                 self._restore()
                 return
@@ -112,6 +117,25 @@ class RabbitBroker(Broker):
                 raise BrokerUnavailable(self.url, f"{type(last).__name__}: {last}" if last else "")
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
+
+    def _on_blocked(self, _conn, frame) -> None:
+        reason = getattr(getattr(frame, "method", None), "reason", "") or "a resource alarm"
+        self._alarm = f"a resource alarm ({reason}): it blocks publishing until memory or disk is freed"
+        log.warning("the broker at %s raised %s", redact_url(self.url), self._alarm)
+
+    def _on_unblocked(self, _conn, _frame) -> None:
+        self._alarm = None
+        log.warning("the broker at %s unblocked publishing", redact_url(self.url))
+
+    @property
+    def reconnects(self) -> int:
+        """How often the connection (or its channel) was lost and restored."""
+        return max(0, self._epoch - 1)
+
+    @property
+    def alarm(self) -> str | None:
+        """The broker's memory or disk alarm blocking this connection, or None."""
+        return self._alarm
 
     def _restore(self) -> None:
         """Declare again what this broker declared, consume again what it consumed (after a reconnect)."""
@@ -283,9 +307,10 @@ class RabbitBroker(Broker):
             exchange, dlx = _exchanges(dead_letter)
             ch.exchange_declare(exchange, "direct", durable=True)
             ch.exchange_declare(dlx, "direct", durable=True)
-            self._declare_queue(dead_letter, {"x-max-length": DEAD_LETTER_LIMIT})
+            self._declare_queue(dead_letter, {"x-max-length": DEAD_LETTER_LIMIT, "x-max-length-bytes": DEAD_LETTER_BYTES})
             ch.queue_bind(dead_letter, dlx, routing_key=dead_letter)
-            args = {"x-dead-letter-exchange": dlx, "x-dead-letter-routing-key": dead_letter}
+            args = {"x-dead-letter-exchange": dlx, "x-dead-letter-routing-key": dead_letter,
+                    "x-max-length-bytes": QUEUE_BYTES}
         self._declare_queue(queue, args)
         if dead_letter:
             ch.queue_bind(queue, exchange, routing_key=queue)
@@ -435,8 +460,9 @@ class RabbitBroker(Broker):
 
         def settle(tag: int) -> None:
             if dead_letter:
-                headers = {REASON_HEADER: reason[:1000], FIRST_QUEUE_HEADER: delivery.queue}
-                self._channel.basic_publish(_exchanges(dead_letter)[1], dead_letter, delivery.body,
+                body, cut = dead_letter_body(delivery.body)  # an oversized body is not sent back whole
+                headers = {REASON_HEADER: reason[:1000], FIRST_QUEUE_HEADER: delivery.queue, **cut}
+                self._channel.basic_publish(_exchanges(dead_letter)[1], dead_letter, body,
                                             pika.BasicProperties(delivery_mode=1, headers=headers))
                 self._channel.basic_ack(tag)
             else:

@@ -15,7 +15,7 @@ from broker.base import Broker, Delivery
 from broker.errors import BrokerError
 from neuron import codec, protocol
 from neuron.errors import BadSignature, CheckpointMissing, CodecError, ProtocolError
-from neuron.protocol import CONTROL, EVAL, STEP_WINDOW, Failed, Ready, Report, report_data
+from neuron.protocol import CONTROL, EVAL, STEP_WINDOW, Failed, Hello, Ready, Report, report_data
 from neuron.role import DRIVER, Role
 from neuron.topology import Topology
 
@@ -53,10 +53,19 @@ class Actor(ABC):
 
     def run(self, stop: threading.Event | None = None, poll: float = 0.2) -> None:
         """Handle messages until told to stop (a `stop` control message or the `stop` event)."""
+        reconnects = self.broker.reconnects
         while self.running and not (stop is not None and stop.is_set()):
             delivery = self.broker.get(self.queue, timeout=poll)
+            if self.broker.reconnects != reconnects:
+                reconnects = self.broker.reconnects
+                self.announce_reconnect()
             if delivery is not None:
                 self.handle(delivery)
+
+    def announce_reconnect(self) -> None:
+        """Say hello again after the broker connection came back: what this actor sent just before may be
+        gone with it, and a hello from a ready actor makes the driver replay at once."""
+        self.report(Hello(self.name))
 
     def handle(self, delivery: Delivery) -> None:
         """Decode, route and settle one delivery; bad messages are dead-lettered and counted, never raised."""

@@ -27,6 +27,16 @@ class Colocated(Broker):
         self.url = broker.url
         self._local: dict[str, collections.deque] = {queue: collections.deque() for queue in queues}
 
+    @property
+    def reconnects(self) -> int:
+        """The reconnects of the broker underneath."""
+        return self.inner.reconnects
+
+    @property
+    def alarm(self) -> str | None:
+        """The alarm of the broker underneath."""
+        return self.inner.alarm
+
     def next(self, timeout: float | None) -> Delivery | None:
         """The next delivery for any of the actors: local ones first, then the broker's."""
         for local in self._local.values():
@@ -108,8 +118,12 @@ def run_together(actors: list[Actor], router: Colocated, stop: threading.Event |
                  poll: float = 0.2) -> None:
     """Handle the messages of `actors` (built on `router`) on this thread until each is told to stop."""
     by_queue = {actor.queue: actor for actor in actors}
+    reconnects = router.reconnects
     while any(actor.running for actor in actors) and not (stop is not None and stop.is_set()):
         delivery = router.next(poll)
+        if router.reconnects != reconnects:  # what they sent may be gone: the driver replays at once
+            reconnects = router.reconnects
+            actors[0].announce_reconnect()
         if delivery is None:
             continue
         actor = by_queue[delivery.queue]

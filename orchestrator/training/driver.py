@@ -87,6 +87,7 @@ class Driver:
         self._sent: dict[int, int] = {}  # step -> samples, over every generation
         self.epoch_accuracy: dict[int, float] = {}
         self.recoveries = 0
+        self._reconnects = broker.reconnects
         self.stats: Counter = Counter()  # messages the driver rejected ("rejected", of them "unsigned")
 
     def _set_topology(self, topo: Topology) -> None:
@@ -162,12 +163,18 @@ class Driver:
 
     def _pump(self, timeout: float) -> None:
         self._check_lease()
+        if self.broker.reconnects != self._reconnects:
+            self._reconnects = self.broker.reconnects
+            # messages in flight went with the connection: replay now rather than wait for a stall
+            raise NeuronLost("the broker connection was lost and is back")
         delivery = self.broker.get(self.queue, timeout=timeout)
         if delivery is None:
             if self.runtime is not None:
                 self.runtime.check()
             if time.monotonic() - self._last_message > self.options.stall_timeout:
                 silent = f"no message from any neuron for {self.options.stall_timeout:.0f} s"
+                if self.broker.alarm is not None:
+                    raise TrainingError(f"{silent}: the broker raised {self.broker.alarm}")
                 if self._starting:
                     missing = sorted(set(self.actors) - self._ready)
                     raise TrainingError(f"{silent}; not ready: {', '.join(missing)}")

@@ -24,6 +24,7 @@ from paramstore.errors import StoreError
 from paramstore.run import RunRecord
 from tests import services
 from tests.conftest import ROOT, require
+from tests.integration.test_local_run import _same
 
 pytestmark = pytest.mark.integration
 
@@ -36,11 +37,6 @@ def _config(amqp_url=None, redis_url=None):
     return config.replace(broker=amqp_url, paramstore=redis_url) if amqp_url else config
 
 
-def _same(a, b) -> bool:
-    return len(a) == len(b) and all(np.array_equal(w1, w2) and np.array_equal(b1, b2)
-                                    for (w1, b1), (w2, b2) in zip(a, b))
-
-
 @pytest.fixture(scope="module")
 def reference(small_mnist):
     """Weights of the undisturbed embedded run (memory broker and store)."""
@@ -48,18 +44,32 @@ def reference(small_mnist):
     return train_run(_config(), train, test, run_id="ref", max_steps=STEPS).params
 
 
-@pytest.fixture
-def own_redis():
-    """(URL by container address, container) of a Redis of this test alone: the test restarts, pauses or fills it."""
+def _own(kind: str, port: int):
+    """(URL by the container's address, container) of a fresh service of one test, which may restart it.
+
+    By address, not a published port: the port mapping may change when the container restarts.
+    """
     problem = services.docker_problem()
     require(problem is None, f"needs Docker: {problem}")
-    with services.redis() as (url, box):
+    with getattr(services, kind)() as (url, box):
         container = box.get_wrapped_container()
         container.reload()
-        ip = container.attrs["NetworkSettings"]["IPAddress"]
-        password = urlsplit(url).password
-        # by address, not a published port: the port mapping may change when the container restarts
-        yield f"redis://:{password}@{ip}:6379/0", box, password
+        parts = urlsplit(url)
+        netloc = f"{parts.username or ''}:{parts.password}@{container.attrs['NetworkSettings']['IPAddress']}:{port}"
+        yield parts._replace(netloc=netloc).geturl(), box
+
+
+@pytest.fixture
+def own_redis():
+    """(URL, container, password) of a Redis of this test alone: the test restarts, pauses or fills it."""
+    for url, box in _own("redis", 6379):
+        yield url, box, urlsplit(url).password
+
+
+@pytest.fixture
+def own_rabbitmq():
+    """(URL, container) of a RabbitMQ of this test alone: the test restarts it or raises its alarms."""
+    yield from _own("rabbitmq", 5672)
 
 
 def _wait_for_step(redis_url: str, run_id: str, step: int, timeout: float = 60) -> None:
@@ -126,19 +136,7 @@ def test_forged_messages_from_another_client_change_nothing(small_mnist, referen
     result = train_run(config, train, test, run_id=run_id, max_steps=STEPS, target="local", on_actors=attack)
     assert sent == [len(forged)] and result.recoveries == 0
     assert _same(result.params, reference)
-    import amqp
-
-    parts = urlsplit(amqp_url)
-    conn = amqp.Connection(host=f"{parts.hostname}:{parts.port}", userid=unquote(parts.username),
-                           password=unquote(parts.password), virtual_host="/")
-    conn.connect()
-    reasons = []
-    try:
-        channel = conn.channel()
-        while (message := channel.basic_get(topo.dead_letter_queue, no_ack=True)) is not None:
-            reasons.append(str(message.headers.get("x-cuttlefish-reason", "")))
-    finally:
-        conn.close()
+    reasons = [str(m.headers.get("x-cuttlefish-reason", "")) for m in _dead_letters(amqp_url, topo.dead_letter_queue)]
     assert len(reasons) == len(forged) and all(r.startswith("BadSignature") for r in reasons), reasons[:3]
 
 
@@ -244,3 +242,97 @@ def test_redis_out_of_memory_ends_the_run_at_once_naming_the_store(small_mnist, 
     assert len(line) == 1, err
     assert "out of memory" in line[0] and "redis://:***@" in line[0], line[0]
     assert password not in err and "\\x" not in line[0] and "b'" not in line[0]
+
+
+def test_a_broker_restart_is_replayed_as_soon_as_it_is_back(small_mnist, own_rabbitmq, redis_url):
+    """RabbitMQ restarted mid-run (transient messages lost): replayed within 30 s, not after a stall; bitwise."""
+    train, test = small_mnist
+    amqp_url, box = own_rabbitmq
+    steps = 4 * 32  # under way while the broker restarts
+    reference = train_run(_config().with_training(epochs=4), train, test, run_id="ref", max_steps=steps).params
+    config = _config(amqp_url, redis_url).with_training(epochs=4)  # stall_timeout 60 s
+    run_id = f"it-brk-{os.getpid()}"
+    restarted, replayed = [], []
+
+    def restart(runtime):
+        def loop():
+            _wait_for_step(redis_url, run_id, 10)
+            # the broker node restarts inside its container: connections drop, transient messages are gone
+            for command in ("stop_app", "start_app"):
+                code, out = box.exec(["rabbitmqctl", command])
+                assert code == 0, out
+            restarted.append(time.monotonic())
+            with open_store(redis_url) as store:
+                record = RunRecord(store, run_id)
+                while time.monotonic() - restarted[0] < 90:
+                    if (record.manifest().generation or 0) >= 2:  # the driver opened the replay's generation
+                        replayed.append(time.monotonic())
+                        return
+                    time.sleep(0.1)
+        threading.Thread(target=loop, daemon=True).start()
+
+    result = train_run(config, train, test, run_id=run_id, max_steps=steps, target="local", on_actors=restart)
+    assert restarted and replayed and result.recoveries >= 1
+    assert replayed[0] - restarted[0] < 30  # a stall would take the 60 s of stall_timeout
+    assert _same(result.params, reference)
+
+
+def _dead_letters(amqp_url: str, queue: str) -> list:
+    import amqp
+
+    parts = urlsplit(amqp_url)
+    conn = amqp.Connection(host=f"{parts.hostname}:{parts.port}", userid=unquote(parts.username),
+                           password=unquote(parts.password), virtual_host="/")
+    conn.connect()
+    letters = []
+    try:
+        channel = conn.channel()
+        while (message := channel.basic_get(queue, no_ack=True)) is not None:
+            letters.append(message)
+    finally:
+        conn.close()
+    return letters
+
+
+def test_oversized_bodies_are_dropped_and_not_kept_whole(small_mnist, reference, amqp_url, redis_url):
+    """Five 20 MB bodies into a neuron's queue: rejected, dead-lettered as their first KB; bitwise result."""
+    train, test = small_mnist
+    config, run_id = _config(amqp_url, redis_url), f"it-big-{os.getpid()}"
+    topo = build_plan(config, run_id, len(train) // config.training.batch_size)
+    sent = []
+
+    def flood(runtime):
+        def loop():
+            _wait_for_step(redis_url, run_id, 5)
+            body = b"CF" + os.urandom(20 << 20)
+            _raw_publish(amqp_url, [(topo.queue(1, 0), body)] * 5)
+            sent.append(True)
+        threading.Thread(target=loop, daemon=True).start()
+
+    result = train_run(config, train, test, run_id=run_id, max_steps=STEPS, target="local", on_actors=flood)
+    assert sent and _same(result.params, reference)
+    letters = _dead_letters(amqp_url, topo.dead_letter_queue)
+    assert len(letters) == 5
+    assert all(len(m.body) == 1024 and m.headers["x-cuttlefish-truncated"] == (20 << 20) + 2 for m in letters)
+    assert all(str(m.headers["x-cuttlefish-reason"]).startswith("OversizedMessage") for m in letters)
+
+
+def test_a_broker_memory_alarm_is_reported_as_such(small_mnist, own_rabbitmq, redis_url):
+    """A RabbitMQ over its memory watermark blocks publishers: the run ends within the stall time saying so."""
+    train, test = small_mnist
+    amqp_url, box = own_rabbitmq
+    config = _config(amqp_url, redis_url).with_training(stall_timeout=10)
+    run_id = f"it-alarm-{os.getpid()}"
+    raised = []
+
+    def alarm(runtime):
+        def loop():
+            _wait_for_step(redis_url, run_id, 5)
+            code, out = box.exec(["rabbitmqctl", "set_vm_memory_high_watermark", "0.00001"])
+            assert code == 0, out
+            raised.append(time.monotonic())
+        threading.Thread(target=loop, daemon=True).start()
+
+    with pytest.raises(TrainingError, match="the broker raised a resource alarm .*memory") as exc:
+        train_run(config, train, test, run_id=run_id, max_steps=100 * STEPS, target="local", on_actors=alarm)
+    assert raised and time.monotonic() - raised[0] < 60, str(exc.value)
