@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 SOCKET_READ_SIZE = 1 << 20
 _SCAN_COUNT = 1000
+_TLS_FILES = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
 OUTAGE_SECONDS = 60.0  # how long a lost connection is retried before the store counts as gone
 # KEYS: the n guarded keys, then the keys to write; ARGV: n, a presence flag and value per guarded key,
 # then the values to write
@@ -49,7 +50,11 @@ _REFUSALS = (
 
 
 class RedisStore(Store):
-    """A store in one Redis database; `?retries=N&timeout=S` tune reconnects and socket timeouts."""
+    """A store in one Redis database; `?retries=N&timeout=S&outage=S` tune reconnects and socket timeouts.
+
+    rediss:// verifies the server's certificate: `?ssl_ca_certs=FILE` names the CA (say, of a self-signed
+    certificate), `ssl_certfile`/`ssl_keyfile` a client certificate, `ssl_check_hostname=0` skips the name check.
+    """
 
     def __init__(self, url: str) -> None:
         super().__init__(url)
@@ -61,9 +66,14 @@ class RedisStore(Store):
         except ValueError as exc:
             raise StoreError(f"bad store URL {redact_url(url)!r}: {exc}") from None
         base = url.split("?", 1)[0]
+        tls = {k: query.pop(k) for k in _TLS_FILES if k in query}
+        if "ssl_check_hostname" in query:
+            tls["ssl_check_hostname"] = query.pop("ssl_check_hostname").lower() not in ("0", "false", "no")
+        if tls and not base.startswith("rediss://"):
+            raise StoreError(f"bad store URL {redact_url(url)!r}: TLS options need rediss://")
         try:
             self._client = redis.Redis.from_url(
-                base, socket_timeout=timeout, socket_connect_timeout=min(timeout, 10.0),
+                base, **tls, socket_timeout=timeout, socket_connect_timeout=min(timeout, 10.0),
                 socket_read_size=SOCKET_READ_SIZE, health_check_interval=30,
                 retry=redis.retry.Retry(redis.backoff.ExponentialBackoff(cap=2.0, base=0.1), retries),
                 retry_on_error=[rex.ConnectionError, rex.TimeoutError])
