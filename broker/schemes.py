@@ -7,10 +7,11 @@ of paramstore/. It imports only the standard library.
 from __future__ import annotations
 
 import importlib
+import os
 import re
 from collections.abc import Callable, Mapping
 from typing import NamedTuple
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 # Query parameters whose values are credentials, e.g. ?password=..., ?aws_secret_access_key=...
 _SECRET_PARAM = re.compile(r"([?&;][^=&#;]*(?:pass|pwd|secret|token)[^=&#;]*=)[^&#;]*", re.IGNORECASE)
@@ -65,6 +66,28 @@ def scheme_of(url: str) -> str:
         return urlsplit(url).scheme
     except ValueError:
         return ""
+
+
+PASSWORD_FILE_ENV = "CUTTLEFISH_PASSWORD_FILE"
+
+
+def with_password(url: str, environ: Mapping[str, str] | None = None) -> str:
+    """`url` with the password read from the file $CUTTLEFISH_PASSWORD_FILE names, if it has none itself.
+
+    Containers get their password as a compose or ECS secret (a file), never in their environment or on a
+    command line; the URLs they are given name the user only ("amqp://cuttlefish@rabbitmq/", "redis://redis/0").
+    """
+    path = (os.environ if environ is None else environ).get(PASSWORD_FILE_ENV)
+    parts = urlsplit(url)
+    if not path or not parts.netloc or parts.password is not None:
+        return url
+    try:
+        with open(path, encoding="utf-8") as fh:
+            password = fh.read().strip()
+    except OSError as exc:
+        raise OSError(f"cannot read the password file {path} (${PASSWORD_FILE_ENV}): {exc.strerror}") from None
+    user, _, host = parts.netloc.rpartition("@")
+    return parts._replace(netloc=f"{user}:{quote(password, safe='')}@{host}").geturl()
 
 
 def load_backend(url: str, backends: Mapping[str, Backend], extra_packages: Mapping[str, tuple[str, ...]],

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from urllib.parse import quote
 
 import yaml
 
@@ -22,15 +23,17 @@ def store_url(compose_file: str) -> str:
     address = done.stdout.strip().splitlines()[-1] if done.returncode == 0 and done.stdout.strip() else ""
     if not address:
         raise OrchestratorError(f"no running Redis in the compose project of {compose_file}: {done.stderr.strip()[-300:]}")
-    password = os.environ.get("CUTTLEFISH_PASSWORD")
-    env_file = os.path.join(os.path.dirname(os.path.abspath(compose_file)), ".env")
-    if password is None and os.path.exists(env_file):
-        with open(env_file, encoding="utf-8") as fh:
-            found = [line.split("=", 1)[1].strip() for line in fh if line.startswith("CUTTLEFISH_PASSWORD=")]
-        password = found[-1] if found else None
+    # the project's secret file, as the compose file names it
+    secret = os.environ.get("CUTTLEFISH_PASSWORD_FILE") or os.path.join(
+        os.path.dirname(os.path.abspath(compose_file)), "secrets", "cuttlefish_password")
+    try:
+        with open(secret, encoding="utf-8") as fh:
+            password = fh.read().strip()
+    except OSError:
+        password = ""
     if not password:
-        raise ConfigError("CUTTLEFISH_PASSWORD", "is needed to reach the compose project's Redis (environment or .env)")
-    return f"redis://:{password}@{address}/0"
+        raise ConfigError("CUTTLEFISH_PASSWORD_FILE", f"no password in {secret}, the compose project's secret")
+    return f"redis://:{quote(password, safe='')}@{address}/0"
 
 
 def apply_layer(compose_file: str, config_file: str, topo: Topology, layer: int) -> None:

@@ -36,8 +36,11 @@ class Project:
 
     def __init__(self, cmd, mnist_dir, out):
         self.cmd, self.out = list(cmd), out
+        self.password = secrets.token_hex(12)
+        secret = out.parent / f"{out.name}-password"  # the project's compose secret
+        secret.write_text(self.password + "\n")
         self.env = {**os.environ, "COMPOSE_PROJECT_NAME": f"cfe2e{secrets.token_hex(3)}",
-                    "CUTTLEFISH_PASSWORD": secrets.token_hex(12), "CUTTLEFISH_DATA": str(mnist_dir),
+                    "CUTTLEFISH_PASSWORD_FILE": str(secret), "CUTTLEFISH_DATA": str(mnist_dir),
                     "CUTTLEFISH_OUT": str(out)}
 
     def run(self, *args, check=True):
@@ -76,7 +79,11 @@ def test_compose_up_trains_and_a_killed_neuron_leaves_the_model_unchanged(compos
         assert first.wait_driver() == 0, first.logs("driver")[-3000:]
         log = first.logs("driver")
         assert _accuracy(log) >= 0.9
-        assert first.env["CUTTLEFISH_PASSWORD"] not in log + first.logs("neuron-l1-0")
+        assert first.password not in log + first.logs("neuron-l1-0")
+        for service in ("rabbitmq", "redis", "neuron-l1-0", "driver"):  # nor in any container's settings
+            ids = first.run("ps", "-q", "--all", service).stdout.split()
+            inspect = subprocess.run(["docker", "inspect", *ids], capture_output=True, text=True).stdout
+            assert ids and first.password not in inspect, service
         assert {p.name for p in first.out.iterdir()} >= {"model.npz", "metrics.jsonl", "training.svg"}
     finally:
         first.down()

@@ -40,6 +40,12 @@ def test_one_service_per_neuron_with_policies_and_limits(tmp_path):
                                    "redis": {"condition": "service_healthy"}}
     assert services["neuron-l1-0"]["cpus"] == 0.5 and services["neuron-l1-0"]["mem_limit"] == "256m"
     assert "redis-data:/data" in services["redis"]["volumes"] and "--appendonly yes" in services["redis"]["command"][2]
+    # the password is a secret file in every service that needs it, never in an environment or a command line
+    assert doc["secrets"] == {"cuttlefish_password": {"file": "${CUTTLEFISH_PASSWORD_FILE:-./secrets/cuttlefish_password}"}}
+    for name, service in services.items():
+        assert service["secrets"] == ["cuttlefish_password"], name
+        assert not any("PASS" in k and k != "CUTTLEFISH_PASSWORD_FILE" for k in service.get("environment", {})), name
+    assert "--requirepass" not in services["redis"]["command"][2]
     assert services["rabbitmq"]["healthcheck"] and services["redis"]["healthcheck"]
     assert services["driver"]["command"][:4] == ["python3", "-m", "orchestrator", "train"]
     for kind, default in (("rabbitmq", "rabbitmq:"), ("redis", "redis:")):
@@ -50,8 +56,8 @@ def test_one_service_per_neuron_with_policies_and_limits(tmp_path):
 def test_no_password_is_written(tmp_path, monkeypatch):
     monkeypatch.setenv("CUTTLEFISH_PASSWORD", "s3cret-do-not-write")
     text = _render(tmp_path)
-    assert "s3cret" not in text
-    assert "${CUTTLEFISH_PASSWORD" in text
+    assert "s3cret" not in text and "${CUTTLEFISH_PASSWORD}" not in text
+    assert "/run/secrets/cuttlefish_password" in text
 
 
 def test_validates_against_the_compose_spec(tmp_path):
@@ -68,7 +74,9 @@ def test_both_compose_tools_accept_it(tmp_path, tool):
     have = shutil.which(tool[0]) and subprocess.run([*tool, "version"], capture_output=True).returncode == 0
     require(bool(have), f"{' '.join(tool)} is needed to check the file")
     _render(tmp_path)
-    env = {**os.environ, "CUTTLEFISH_PASSWORD": "x"}
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "cuttlefish_password").write_text("x\n")
+    env = dict(os.environ)
     res = subprocess.run([*tool, "-f", str(tmp_path / "docker-compose.yml"), "config", "-q"],
                          capture_output=True, text=True, env=env)
     assert res.returncode == 0, res.stderr
@@ -79,3 +87,16 @@ def test_bad_deploy_arguments_exit_2(tmp_path, capsys):
                  "-o", str(tmp_path / "missing" / "x.yml")]) == 2
     assert main(["deploy", str(ROOT / "examples/compose.yaml"), "--target", "compose", "--run-id", "bad id!",
                  "-o", "-"]) == 2
+
+
+def test_a_url_without_password_takes_it_from_the_secret_file(tmp_path):
+    from broker.schemes import with_password
+
+    secret = tmp_path / "pw"
+    secret.write_text("p@ss/w:rd\n")
+    env = {"CUTTLEFISH_PASSWORD_FILE": str(secret)}
+    assert with_password("amqp://cuttlefish@rabbitmq:5672/%2F", env) == "amqp://cuttlefish:p%40ss%2Fw%3Ard@rabbitmq:5672/%2F"
+    assert with_password("redis://redis:6379/0", env) == "redis://:p%40ss%2Fw%3Ard@redis:6379/0"
+    assert with_password("redis://:own@redis:6379/0", env) == "redis://:own@redis:6379/0"  # its own wins
+    assert with_password("memory://", env) == "memory://"
+    assert with_password("redis://redis:6379/0", {}) == "redis://redis:6379/0"
