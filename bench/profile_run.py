@@ -23,19 +23,20 @@ _CLK = os.sysconf("SC_CLK_TCK")
 # (category, pattern on the stack, root first, files by base name); the first match wins
 MAIN_RULES = [
     ("kernels", r"\((kernels|optim)\.py"),
-    ("encode", r"(^|;)encode \(codec\.py"),
+    ("HMAC", r"\(hmac\.py"),
+    ("encode", r"(^|;)(encode|outgoing) \(codec\.py"),
     ("decode", r"(^|;)decode \(codec\.py"),
-    ("checkpoint/store", r"\((checkpoint|redis|store)\.py"),
-    ("waiting for a message", r"(^|;)(get|get_any) \((rabbitmq|memory|base)\.py"),
-    ("publish/ack hand-off", r"(^|;)(publish|publish_many|ack|reject|_submit|_settle) \((rabbitmq|memory)\.py"),
-    ("driver: batch preparation", r"(^|;)(to_inputs|indices|order) \((data|schedule)\.py"),
-    ("actor bookkeeping", r"\((actor|dense|head|driver|host)\.py"),
+    ("checkpoint/store", r"\((checkpoint|redis|store|lease|run)\.py"),
+    ("waiting for a message", r"(poll \(select_connection\.py|wait \(threading\.py|get \(queue\.py|get \(memory\.py)[^;]*$"),
+    ("reading deliveries (socket, frames)", r"(_consume|_on_data_available|decode_frame|_deliver_frame_to_channel|on_message|_dispatch_events)"),
+    ("publish and ack (socket writes)", r"(^|;)(publish|publish_many|publish_object|ack|reject|_submit|_settle|_flush_acks) \((rabbitmq|memory|host)\.py"),
+    ("driver: batch preparation", r"(^|;)(pixels|indices|order) \((mnist|schedule)\.py"),
+    ("actor and driver bookkeeping", r"\((actor|dense|head|driver|host|rabbitmq|acks)\.py"),
 ]
 IO_RULES = [
-    ("io: waiting", r"poll \(select_connection\.py[^;]*$"),
-    ("io: deliver to inbox", r"on_message \(rabbitmq\.py"),
-    ("io: run operations (publish, ack)", r"_run_ops \(rabbitmq\.py"),
-    ("io: read + frame decode", r"(_consume|_on_data_available|decode_frame|_on_deliver|_deliver_frame_to_channel)"),
+    ("io: waiting", r"(poll \(select_connection\.py|wait \(threading\.py)[^;]*$"),
+    ("io: reading deliveries", r"(_consume|_on_data_available|decode_frame|_on_deliver|_deliver_frame_to_channel|on_message)"),
+    ("io: operations for callers", r"_run_ops \(rabbitmq\.py"),
     ("io: write", r"(_produce|send)"),
 ]
 
@@ -94,7 +95,7 @@ class _Sampler:
     def _container_cpu(self) -> float | None:
         if self.container is None:
             return None
-        stats = self.container.stats(stream=False)
+        stats = self.container.stats(stream=False, one_shot=True)
         return stats["cpu_stats"]["cpu_usage"]["total_usage"] / 1e9
 
     def __call__(self, step: int, *_rest) -> None:
