@@ -6,7 +6,6 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Callable
 
-
 # a rejected body larger than this is dead-lettered as its first DEAD_LETTER_HEAD bytes only
 DEAD_LETTER_BODY_BYTES = 64 * 1024
 DEAD_LETTER_HEAD = 1024
