@@ -66,7 +66,7 @@ class RedisStore(Store):
         except ValueError as exc:
             raise StoreError(f"bad store URL {redact_url(url)!r}: {exc}") from None
         base = url.split("?", 1)[0]
-        tls = {k: query.pop(k) for k in _TLS_FILES if k in query}
+        tls: dict[str, str | bool] = {k: query.pop(k) for k in _TLS_FILES if k in query}
         if "ssl_check_hostname" in query:
             tls["ssl_check_hostname"] = query.pop("ssl_check_hostname").lower() not in ("0", "false", "no")
         if tls and not base.startswith("rediss://"):
