@@ -215,6 +215,27 @@ def test_an_8_second_redis_pause_is_ridden_out_bitwise(small_mnist, reference, a
     assert paused and _same(result.params, reference)
 
 
+def test_an_8_second_redis_stop_is_retried_bitwise(small_mnist, reference, amqp_url, own_redis):
+    """Redis stopped (connections refused) for 8 s and started again: retried, not fatal; bitwise."""
+    train, test = small_mnist
+    redis_url, box, _ = own_redis
+    config, run_id = _config(amqp_url, redis_url), f"it-stop-{os.getpid()}"
+    stopped = []
+
+    def stop(runtime):
+        def loop():
+            _wait_for_step(redis_url, run_id, 6)
+            container = box.get_wrapped_container()
+            container.stop(timeout=5)  # it saves on the way down: its data comes back
+            time.sleep(8)
+            container.start()
+            stopped.append(True)
+        threading.Thread(target=loop, daemon=True).start()
+
+    result = train_run(config, train, test, run_id=run_id, max_steps=STEPS, target="local", on_actors=stop)
+    assert stopped and _same(result.params, reference)
+
+
 def test_redis_out_of_memory_ends_the_run_at_once_naming_the_store(small_mnist, amqp_url, own_redis, capsys,
                                                                     tmp_path, mnist_dir):
     """Exit 1 within 30 s of the store filling up, with one readable line naming the store, no bytes."""
