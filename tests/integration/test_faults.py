@@ -195,45 +195,29 @@ def test_redis_restarted_without_persistence_ends_the_run_clearly(small_mnist, a
         assert RunRecord(store, run_id).manifest() is None  # never recreated
 
 
-def test_an_8_second_redis_pause_is_ridden_out_bitwise(small_mnist, reference, amqp_url, own_redis):
+@pytest.mark.parametrize("outage", ["pause", "stop"])
+def test_an_8_second_redis_outage_is_ridden_out_bitwise(small_mnist, reference, amqp_url, own_redis, outage):
+    """Redis paused (requests hang) or stopped (connections refused) for 8 s: retried, not fatal; bitwise."""
     train, test = small_mnist
     redis_url, box, _ = own_redis
-    config, run_id = _config(amqp_url, redis_url), f"it-pause-{os.getpid()}"
-    paused = []
+    config, run_id = _config(amqp_url, redis_url), f"it-{outage}-{os.getpid()}"
+    done = []
 
-    def pause(runtime):
+    def disturb(runtime):
         def loop():
             _wait_for_step(redis_url, run_id, 6)
             container = box.get_wrapped_container()
-            container.pause()
+            if outage == "pause":
+                container.pause()
+            else:
+                container.stop(timeout=5)  # it saves on the way down: its data comes back
             time.sleep(8)
-            container.unpause()
-            paused.append(True)
+            container.unpause() if outage == "pause" else container.start()
+            done.append(True)
         threading.Thread(target=loop, daemon=True).start()
 
-    result = train_run(config, train, test, run_id=run_id, max_steps=STEPS, target="local", on_actors=pause)
-    assert paused and _same(result.params, reference)
-
-
-def test_an_8_second_redis_stop_is_retried_bitwise(small_mnist, reference, amqp_url, own_redis):
-    """Redis stopped (connections refused) for 8 s and started again: retried, not fatal; bitwise."""
-    train, test = small_mnist
-    redis_url, box, _ = own_redis
-    config, run_id = _config(amqp_url, redis_url), f"it-stop-{os.getpid()}"
-    stopped = []
-
-    def stop(runtime):
-        def loop():
-            _wait_for_step(redis_url, run_id, 6)
-            container = box.get_wrapped_container()
-            container.stop(timeout=5)  # it saves on the way down: its data comes back
-            time.sleep(8)
-            container.start()
-            stopped.append(True)
-        threading.Thread(target=loop, daemon=True).start()
-
-    result = train_run(config, train, test, run_id=run_id, max_steps=STEPS, target="local", on_actors=stop)
-    assert stopped and _same(result.params, reference)
+    result = train_run(config, train, test, run_id=run_id, max_steps=STEPS, target="local", on_actors=disturb)
+    assert done and _same(result.params, reference)
 
 
 def test_redis_out_of_memory_ends_the_run_at_once_naming_the_store(small_mnist, amqp_url, own_redis, capsys,
