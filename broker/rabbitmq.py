@@ -172,7 +172,6 @@ class RabbitBroker(Broker):
                     continue  # a caller is servicing the connection
                 try:
                     self._service(0)
-                    self._acks.flush_due(self._flush_acks)
                 finally:
                     self._io.release()
         except Exception as exc:  # noqa: BLE001 - whatever ends this thread must reach the callers
@@ -194,6 +193,9 @@ class RabbitBroker(Broker):
             if self._broken or self._conn is None:
                 raise pex.StreamLostError("the connection failed in another thread")
             self._run_ops()
+            # after the queued operations (a queued reject's tag must not be covered by a multiple ack
+            # first) and inside this handler (a dead channel must reconnect, not escape as a pika error)
+            self._acks.flush_due(self._flush_acks)
             self._conn.process_data_events(time_limit=time_limit)
             self._serviced = time.monotonic()
             self._run_ops()
@@ -412,9 +414,9 @@ class RabbitBroker(Broker):
         """The next item of `inboxes`, reading the connection meanwhile when nobody else is; None at `deadline`."""
         while True:
             left = PUMP_SLICE if deadline is None else min(PUMP_SLICE, max(0.0, deadline - time.monotonic()))
-            if self._io.acquire(blocking=False):
+            # while the connection is broken the I/O thread needs the lock to reconnect: wait on the inboxes
+            if not self._broken and self._io.acquire(blocking=False):
                 try:
-                    self._acks.flush_due(self._flush_acks)
                     self._service(left)
                 finally:
                     self._io.release()
@@ -435,8 +437,13 @@ class RabbitBroker(Broker):
 
     def _settle(self, delivery: Delivery, fn) -> None:
         epoch, tag = cast("tuple[int, int]", delivery.tag)  # (connection epoch, delivery tag), set on arrival
-        self._acks.forget((epoch, tag))
-        self._submit(lambda: fn(tag) if epoch == self._epoch else None, wait=False)
+
+        def op() -> None:
+            # forgotten only when the settlement is sent: until then no multiple ack may cover the tag
+            self._acks.forget((epoch, tag))
+            if epoch == self._epoch:
+                fn(tag)
+        self._submit(op, wait=False)
 
     def _flush_acks(self) -> None:
         """Send the acks the batch holds (on the connection's holder)."""

@@ -40,11 +40,12 @@ for j = n + 1, #KEYS do
 end
 return 1
 """
-# refusals that retrying cannot cure: redis-py's class (it strips the code word), the code word, the reason shown
+# refusals that retrying cannot cure: redis-py's class (it strips the code word), the code word, the reason
+# shown; a class older redis-py releases lack (OutOfMemoryError is newer than Debian bookworm's 4.3) is None
 _REFUSALS = (
-    (rex.OutOfMemoryError, "OOM", "it is out of memory (maxmemory)"),
-    (rex.ReadOnlyError, "READONLY", "it is a read-only replica"),
-    (rex.NoPermissionError, "NOPERM", "the user lacks the permission"),
+    (getattr(rex, "OutOfMemoryError", None), "OOM", "it is out of memory (maxmemory)"),
+    (getattr(rex, "ReadOnlyError", None), "READONLY", "it is a read-only replica"),
+    (getattr(rex, "NoPermissionError", None), "NOPERM", "the user lacks the permission"),
     (None, "MISCONF", "it cannot save to its disk"),
 )
 

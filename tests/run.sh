@@ -12,6 +12,10 @@ case "${CI:-}" in 1|true|TRUE|True|yes) ci=true ;; esac
 if command -v docker >/dev/null && docker info >/dev/null 2>&1; then
     eval "$(bash compose/build-images.sh)"
     docker compose version >/dev/null 2>&1 || bash compose/install-compose-v2.sh >/dev/null
+    # the TLS test makes a self-signed certificate
+    if ! command -v openssl >/dev/null && [[ $(id -u) == 0 ]]; then
+        apt-get install -y -qq openssl >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq openssl >/dev/null; }
+    fi
 elif [[ $ci == true ]]; then
     echo "tests/run.sh: CI=true needs a running Docker engine for the service tests" >&2
     exit 1

@@ -29,6 +29,8 @@ from paramstore.run import Rescale, ScaleRequest
 
 log = logging.getLogger(__name__)
 
+CHECK_EVERY = 1.0  # seconds between the runtime's checks of its neurons while messages keep coming
+
 
 @dataclass
 class TrainResult:
@@ -83,6 +85,7 @@ class Driver:
         self._preds: dict[int, np.ndarray] = {}
         self._expected_preds: dict[int, int] = {}  # micro -> rows of the evaluation under way
         self._last_message = time.monotonic()
+        self._checked = self._last_message  # when the runtime last checked its neurons
         self._starting = False
         self._sent: dict[int, int] = {}  # step -> samples, over every generation
         self.epoch_accuracy: dict[int, float] = {}
@@ -161,6 +164,18 @@ class Driver:
                             key=self.topo.key)
         self.broker.publish_many([role.queue(self.topo.run_id) for role in self.topo.roles()], body)
 
+    def _check_stall(self, now: float) -> None:
+        """Raise if no authentic message came for `stall_timeout` seconds."""
+        if now - self._last_message <= self.options.stall_timeout:
+            return
+        silent = f"no message from any neuron for {self.options.stall_timeout:.0f} s"
+        if self.broker.alarm is not None:
+            raise TrainingError(f"{silent}: the broker raised {self.broker.alarm}")
+        if self._starting:
+            missing = sorted(set(self.actors) - self._ready)
+            raise TrainingError(f"{silent}; not ready: {', '.join(missing)}")
+        raise _Stalled(silent)  # a message lost with a broker connection: replay the steps
+
     def _pump(self, timeout: float) -> None:
         self._check_lease()
         if self.broker.reconnects != self._reconnects:
@@ -168,19 +183,15 @@ class Driver:
             # messages in flight went with the connection: replay now rather than wait for a stall
             raise NeuronLost("the broker connection was lost and is back")
         delivery = self.broker.get(self.queue, timeout=timeout)
+        # on a clock, not only when the queue is empty: a flood of forged messages must not keep dead
+        # neurons from being noticed or a stall from being seen (only authentic messages count as life)
+        now = time.monotonic()
+        if self.runtime is not None and (delivery is None or now - self._checked > CHECK_EVERY):
+            self._checked = now
+            self.runtime.check()
         if delivery is None:
-            if self.runtime is not None:
-                self.runtime.check()
-            if time.monotonic() - self._last_message > self.options.stall_timeout:
-                silent = f"no message from any neuron for {self.options.stall_timeout:.0f} s"
-                if self.broker.alarm is not None:
-                    raise TrainingError(f"{silent}: the broker raised {self.broker.alarm}")
-                if self._starting:
-                    missing = sorted(set(self.actors) - self._ready)
-                    raise TrainingError(f"{silent}; not ready: {', '.join(missing)}")
-                raise _Stalled(silent)  # a message lost with a broker connection: replay the steps
+            self._check_stall(now)
             return
-        self._last_message = time.monotonic()
         try:
             msg = codec.received(delivery, self.schema)
         except CodecError as exc:
@@ -189,7 +200,9 @@ class Driver:
                 self.stats["unsigned"] += 1
             log.warning("driver rejected a message: %s", exc)
             self.broker.reject(delivery, f"{type(exc).__name__}: {exc}")
+            self._check_stall(now)
             return
+        self._last_message = time.monotonic()
         report = None
         if msg.kind == protocol.REPORT:
             try:
