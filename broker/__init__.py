@@ -12,7 +12,15 @@ from broker.errors import (
     QueueNotDeclared,
     UnknownScheme,
 )
-from broker.schemes import Backend, SchemeErrors, install_hint, load_backend, redact_url, with_password
+from broker.schemes import (
+    BROKER_PASSWORD_FILE_ENV,
+    Backend,
+    SchemeErrors,
+    install_hint,
+    load_backend,
+    redact_url,
+    with_password,
+)
 
 # scheme -> (module, class, pip extra or None); imported only when used
 BACKENDS = MappingProxyType({
@@ -36,7 +44,7 @@ _ERRORS = SchemeErrors(
 
 def connect(url: str, **options) -> Broker:
     """Open the broker backend that `url`'s scheme names."""
-    url = with_password(url)
+    url = with_password(url, BROKER_PASSWORD_FILE_ENV)
     return load_backend(url, BACKENDS, EXTRA_PACKAGES, _ERRORS)(url, **options)
 
 

@@ -68,24 +68,37 @@ def scheme_of(url: str) -> str:
         return ""
 
 
-PASSWORD_FILE_ENV = "CUTTLEFISH_PASSWORD_FILE"
+BROKER_PASSWORD_FILE_ENV = "CUTTLEFISH_BROKER_PASSWORD_FILE"
+STORE_PASSWORD_FILE_ENV = "CUTTLEFISH_STORE_PASSWORD_FILE"
+# the one file both once read: whoever held the broker's password could then read the run's message key
+RETIRED_PASSWORD_FILE_ENV = "CUTTLEFISH_PASSWORD_FILE"
+# the schemes whose URL carries a password: in file://rel/dir or dynamodb://table the "host" is no server
+PASSWORD_SCHEMES = frozenset({"amqp", "amqps", "redis", "rediss"})
 
 
-def with_password(url: str, environ: Mapping[str, str] | None = None) -> str:
-    """`url` with the password read from the file $CUTTLEFISH_PASSWORD_FILE names, if it has none itself.
+def with_password(url: str, variable: str, environ: Mapping[str, str] | None = None) -> str:
+    """`url` with the password read from the file $`variable` names, if it has none itself.
 
-    Containers get their password as a compose or ECS secret (a file), never in their environment or on a
-    command line; the URLs they are given name the user only ("amqp://cuttlefish@rabbitmq/", "redis://redis/0").
+    The broker reads BROKER_PASSWORD_FILE_ENV and the store STORE_PASSWORD_FILE_ENV, never each other's, so
+    the broker's credentials do not open the store that holds the run's message key. Containers get their
+    passwords as compose or ECS secrets (files), never in their environment or on a command line; the URLs
+    they are given name the user only ("amqp://cuttlefish@rabbitmq/", "redis://redis/0").
     """
-    path = (os.environ if environ is None else environ).get(PASSWORD_FILE_ENV)
+    env = os.environ if environ is None else environ
+    path = env.get(variable)
     parts = urlsplit(url)
-    if not path or not parts.netloc or parts.password is not None:
+    if parts.scheme not in PASSWORD_SCHEMES or not parts.netloc or parts.password is not None:
+        return url
+    if not path:
+        if env.get(RETIRED_PASSWORD_FILE_ENV):  # an old setup: say so rather than fail on a missing password
+            raise OSError(f"${RETIRED_PASSWORD_FILE_ENV} is no longer read: the broker and the store each have "
+                          f"their own password file, ${BROKER_PASSWORD_FILE_ENV} and ${STORE_PASSWORD_FILE_ENV}")
         return url
     try:
         with open(path, encoding="utf-8") as fh:
             password = fh.read().strip()
     except OSError as exc:
-        raise OSError(f"cannot read the password file {path} (${PASSWORD_FILE_ENV}): {exc.strerror}") from None
+        raise OSError(f"cannot read the password file {path} (${variable}): {exc.strerror}") from None
     user, _, host = parts.netloc.rpartition("@")
     return parts._replace(netloc=f"{user}:{quote(password, safe='')}@{host}").geturl()
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
-from broker.schemes import Backend, SchemeErrors, load_backend, redact_url, with_password
+from broker.schemes import STORE_PASSWORD_FILE_ENV, Backend, SchemeErrors, load_backend, redact_url, with_password
 from paramstore.base import Store
 from paramstore.checkpoint import Checkpoints
 from paramstore.errors import (
@@ -46,7 +46,7 @@ def open_store(url: str) -> Store:
     """Open the store backend that `url`'s scheme names (every call gives a new, independent instance)."""
     if not isinstance(url, str):
         raise TypeError(f"a store URL is a str, not {type(url).__name__}")
-    url = with_password(url)
+    url = with_password(url, STORE_PASSWORD_FILE_ENV)
     return load_backend(url, BACKENDS, EXTRA_PACKAGES, _ERRORS)(url)
 
 

@@ -10,6 +10,7 @@ from urllib.parse import quote
 
 import yaml
 
+from broker.schemes import STORE_PASSWORD_FILE_ENV
 from compose import context, render
 from neuron.topology import Topology
 from orchestrator.config import load_config
@@ -23,16 +24,16 @@ def store_url(compose_file: str) -> str:
     address = done.stdout.strip().splitlines()[-1] if done.returncode == 0 and done.stdout.strip() else ""
     if not address:
         raise OrchestratorError(f"no running Redis in the compose project of {compose_file}: {done.stderr.strip()[-300:]}")
-    # the project's secret file, as the compose file names it
-    secret = os.environ.get("CUTTLEFISH_PASSWORD_FILE") or os.path.join(
-        os.path.dirname(os.path.abspath(compose_file)), "secrets", "cuttlefish_password")
+    # the project's store secret, as the compose file names it (Redis's own: the broker's opens no store)
+    secret = os.environ.get(STORE_PASSWORD_FILE_ENV) or os.path.join(
+        os.path.dirname(os.path.abspath(compose_file)), "secrets", render.STORE_SECRET)
     try:
         with open(secret, encoding="utf-8") as fh:
             password = fh.read().strip()
     except OSError:
         password = ""
     if not password:
-        raise ConfigError("CUTTLEFISH_PASSWORD_FILE", f"no password in {secret}, the compose project's secret")
+        raise ConfigError(STORE_PASSWORD_FILE_ENV, f"no password in {secret}, the compose project's store secret")
     return f"redis://:{quote(password, safe='')}@{address}/0"
 
 

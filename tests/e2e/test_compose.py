@@ -32,16 +32,18 @@ def compose_cmd():
 
 
 class Project:
-    """One compose project (its own name, password and output folder)."""
+    """One compose project (its own name, broker and store passwords, and output folder)."""
 
     def __init__(self, cmd, mnist_dir, out):
         self.cmd, self.out = list(cmd), out
-        self.password = secrets.token_hex(12)
-        secret = out.parent / f"{out.name}-password"  # the project's compose secret
-        secret.write_text(self.password + "\n")
+        self.passwords = {"broker": secrets.token_hex(12), "store": secrets.token_hex(12)}
         self.env = {**os.environ, "COMPOSE_PROJECT_NAME": f"cfe2e{secrets.token_hex(3)}",
-                    "CUTTLEFISH_PASSWORD_FILE": str(secret), "CUTTLEFISH_DATA": str(mnist_dir),
-                    "CUTTLEFISH_OUT": str(out)}
+                    "CUTTLEFISH_DATA": str(mnist_dir), "CUTTLEFISH_OUT": str(out)}
+        self.env.pop("CUTTLEFISH_PASSWORD_FILE", None)
+        for kind, password in self.passwords.items():  # the project's compose secrets
+            secret = out.parent / f"{out.name}-{kind}-password"
+            secret.write_text(password + "\n")
+            self.env[f"CUTTLEFISH_{kind.upper()}_PASSWORD_FILE"] = str(secret)
 
     def run(self, *args, check=True):
         res = subprocess.run([*self.cmd, *args], env=self.env, cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -57,6 +59,10 @@ class Project:
     def wait_driver(self, timeout=600):
         res = subprocess.run(["docker", "wait", self.container("driver")], capture_output=True, text=True, timeout=timeout)
         return int(res.stdout.strip())
+
+    def redis_cli(self, password, *args):
+        """redis-cli in the project's Redis, logged in with `password` (REDISCLI_AUTH: not on its command line)."""
+        return self.run("exec", "-T", "-e", f"REDISCLI_AUTH={password}", "redis", "redis-cli", *args, check=False)
 
     def logs(self, service):
         return self.run("logs", "--no-color", service).stdout
@@ -79,11 +85,22 @@ def test_compose_up_trains_and_a_killed_neuron_leaves_the_model_unchanged(compos
         assert first.wait_driver() == 0, first.logs("driver")[-3000:]
         log = first.logs("driver")
         assert _accuracy(log) >= 0.9
-        assert first.password not in log + first.logs("neuron-l1-0")
+        for password in first.passwords.values():
+            assert password not in log + first.logs("neuron-l1-0")
         for service in ("rabbitmq", "redis", "neuron-l1-0", "driver"):  # nor in any container's settings
             ids = first.run("ps", "-q", "--all", service).stdout.split()
             inspect = subprocess.run(["docker", "inspect", *ids], capture_output=True, text=True).stdout
-            assert ids and first.password not in inspect, service
+            assert ids and not any(p in inspect for p in first.passwords.values()), service
+        # each server holds only its own secret: the broker's cannot open the store, which holds the run's key
+        for service, own, other in (("rabbitmq", "broker", "store"), ("redis", "store", "broker")):
+            assert first.run("exec", "-T", service, "cat", f"/run/secrets/{own}_password").stdout.strip() == \
+                first.passwords[own], service
+            assert first.run("exec", "-T", service, "test", "-e", f"/run/secrets/{other}_password",
+                             check=False).returncode == 1, service
+        key = "cuttlefish/cf-compose/key"  # the run's message key
+        assert first.redis_cli(first.passwords["store"], "exists", key).stdout.strip() == "1"
+        refused = first.redis_cli(first.passwords["broker"], "exists", key)  # the broker's password opens no store
+        assert refused.stdout.strip() != "1" and re.search("WRONGPASS|NOAUTH", refused.stdout + refused.stderr), refused
         assert {p.name for p in first.out.iterdir()} >= {"model.npz", "metrics.jsonl", "training.svg"}
     finally:
         first.down()

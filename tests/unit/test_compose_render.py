@@ -40,11 +40,7 @@ def test_one_service_per_neuron_with_policies_and_limits(tmp_path):
                                    "redis": {"condition": "service_healthy"}}
     assert services["neuron-l1-0"]["cpus"] == 0.5 and services["neuron-l1-0"]["mem_limit"] == "256m"
     assert "redis-data:/data" in services["redis"]["volumes"] and "--appendonly yes" in services["redis"]["command"][2]
-    # the password is a secret file in every service that needs it, never in an environment or a command line
-    assert doc["secrets"] == {"cuttlefish_password": {"file": "${CUTTLEFISH_PASSWORD_FILE:-./secrets/cuttlefish_password}"}}
-    for name, service in services.items():
-        assert service["secrets"] == ["cuttlefish_password"], name
-        assert not any("PASS" in k and k != "CUTTLEFISH_PASSWORD_FILE" for k in service.get("environment", {})), name
+    # the passwords are secret files, never in an environment or a command line
     assert "--requirepass" not in services["redis"]["command"][2]
     assert services["rabbitmq"]["healthcheck"] and services["redis"]["healthcheck"]
     assert services["driver"]["command"][:4] == ["python3", "-m", "orchestrator", "train"]
@@ -53,11 +49,37 @@ def test_one_service_per_neuron_with_policies_and_limits(tmp_path):
     assert "python:3.11-slim" in services["driver"]["build"]["args"]["PYTHON_IMAGE"]
 
 
+def test_broker_and_store_have_separate_secrets_each_server_only_its_own(tmp_path):
+    """Whoever holds the broker's password must not be able to read the run's message key from the store."""
+    doc = yaml.safe_load(_render(tmp_path))
+    services = doc["services"]
+    assert doc["secrets"] == {
+        "broker_password": {"file": "${CUTTLEFISH_BROKER_PASSWORD_FILE:-./secrets/broker_password}"},
+        "store_password": {"file": "${CUTTLEFISH_STORE_PASSWORD_FILE:-./secrets/store_password}"}}
+    assert services["rabbitmq"]["secrets"] == ["broker_password"]
+    assert services["redis"]["secrets"] == ["store_password"]
+    rabbit, redis = services["rabbitmq"], services["redis"]
+    assert "/run/secrets/broker_password" in rabbit["command"][2] and "store_password" not in str(rabbit)
+    assert "/run/secrets/store_password" in redis["command"][2] and "broker_password" not in str(redis)
+    assert "/run/secrets/store_password" in " ".join(redis["healthcheck"]["test"])
+    runtime = [name for name in services if name not in ("rabbitmq", "redis")]
+    assert "driver" in runtime and "neuron-head" in runtime
+    for name in runtime:  # the neurons and the driver talk to both, each through its own file
+        service = services[name]
+        assert service["secrets"] == ["broker_password", "store_password"], name
+        env = service["environment"]
+        assert env["CUTTLEFISH_BROKER_PASSWORD_FILE"] == "/run/secrets/broker_password", name
+        assert env["CUTTLEFISH_STORE_PASSWORD_FILE"] == "/run/secrets/store_password", name
+        assert "CUTTLEFISH_PASSWORD_FILE" not in env, name
+    for name, service in services.items():
+        assert not any("PASS" in k and not k.endswith("_PASSWORD_FILE") for k in service.get("environment", {})), name
+
+
 def test_no_password_is_written(tmp_path, monkeypatch):
     monkeypatch.setenv("CUTTLEFISH_PASSWORD", "s3cret-do-not-write")
     text = _render(tmp_path)
     assert "s3cret" not in text and "${CUTTLEFISH_PASSWORD}" not in text
-    assert "/run/secrets/cuttlefish_password" in text
+    assert "/run/secrets/broker_password" in text and "/run/secrets/store_password" in text
 
 
 def test_validates_against_the_compose_spec(tmp_path):
@@ -75,7 +97,8 @@ def test_both_compose_tools_accept_it(tmp_path, tool):
     require(bool(have), f"{' '.join(tool)} is needed to check the file")
     _render(tmp_path)
     (tmp_path / "secrets").mkdir()
-    (tmp_path / "secrets" / "cuttlefish_password").write_text("x\n")
+    (tmp_path / "secrets" / "broker_password").write_text("x\n")
+    (tmp_path / "secrets" / "store_password").write_text("y\n")
     env = dict(os.environ)
     res = subprocess.run([*tool, "-f", str(tmp_path / "docker-compose.yml"), "config", "-q"],
                          capture_output=True, text=True, env=env)
@@ -87,16 +110,3 @@ def test_bad_deploy_arguments_exit_2(tmp_path, capsys):
                  "-o", str(tmp_path / "missing" / "x.yml")]) == 2
     assert main(["deploy", str(ROOT / "examples/compose.yaml"), "--target", "compose", "--run-id", "bad id!",
                  "-o", "-"]) == 2
-
-
-def test_a_url_without_password_takes_it_from_the_secret_file(tmp_path):
-    from broker.schemes import with_password
-
-    secret = tmp_path / "pw"
-    secret.write_text("p@ss/w:rd\n")
-    env = {"CUTTLEFISH_PASSWORD_FILE": str(secret)}
-    assert with_password("amqp://cuttlefish@rabbitmq:5672/%2F", env) == "amqp://cuttlefish:p%40ss%2Fw%3Ard@rabbitmq:5672/%2F"
-    assert with_password("redis://redis:6379/0", env) == "redis://:p%40ss%2Fw%3Ard@redis:6379/0"
-    assert with_password("redis://:own@redis:6379/0", env) == "redis://:own@redis:6379/0"  # its own wins
-    assert with_password("memory://", env) == "memory://"
-    assert with_password("redis://redis:6379/0", {}) == "redis://redis:6379/0"
