@@ -91,7 +91,9 @@ class EcsConfig:
     store_secret_arn: str | None = None  # the same for the store (or store_url when it has no password)
     store_url: str | None = None
     self_hosted: bool = False  # run RabbitMQ and Redis as services found through Cloud Map
-    password_secret_arn: str | None = None  # their password, when self-hosted
+    # their passwords, when self-hosted: separate, since the store holds the run's message key
+    broker_password_secret_arn: str | None = None
+    store_password_secret_arn: str | None = None
     namespace: str = "cuttlefish.local"
     vpc_id: str | None = None
     rabbitmq_image: str = "rabbitmq:3.13"
@@ -253,7 +255,8 @@ ECS_FIELDS = (
     Field("store_secret_arn", optional(text), OWN),
     Field("store_url", optional(url), OWN),
     Field("self_hosted", boolean, OWN),
-    Field("password_secret_arn", optional(text), OWN),
+    Field("broker_password_secret_arn", optional(text), OWN),
+    Field("store_password_secret_arn", optional(text), OWN),
     Field("namespace", text, OWN),
     Field("vpc_id", optional(text), OWN),
     Field("rabbitmq_image", text, OWN),

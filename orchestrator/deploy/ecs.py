@@ -17,6 +17,9 @@ FARGATE_SIZES = {256: (512, 2048, 512), 512: (1024, 4096, 1024), 1024: (2048, 81
                  2048: (4096, 16384, 1024), 4096: (8192, 30720, 1024), 8192: (16384, 61440, 4096),
                  16384: (32768, 122880, 8192)}
 _256_MEMORY = (512, 1024, 2048)  # 0.25 vCPU takes exactly these
+# a self-hosted Redis: the password into a config file only the server reads, not onto its command line (`ps`)
+REDIS_START = ('umask 077; printf "requirepass %s\\n" "$REDIS_PASSWORD" > /tmp/auth.conf; '
+               "exec redis-server /tmp/auth.conf --appendonly yes")
 
 
 def fargate_size(cpus: float | None, memory_mb: int | None) -> tuple[int, int]:
@@ -63,8 +66,13 @@ def _check(config: Config, region: str | None) -> str:
         problems.append(("ecs.store_url", "must hold no credentials: put such a URL in a secret (store_secret_arn)"))
     if not ecs.execution_role_arn:
         problems.append(("ecs.execution_role_arn", "is needed to read the secrets and write the logs"))
-    if ecs.self_hosted and not (ecs.password_secret_arn and ecs.vpc_id):
-        problems.append(("ecs.password_secret_arn", "and ecs.vpc_id are needed when self_hosted is true"))
+    if ecs.self_hosted:
+        for key in ("broker_password_secret_arn", "store_password_secret_arn", "vpc_id"):
+            if not getattr(ecs, key):
+                problems.append((f"ecs.{key}", "is needed when self_hosted is true"))
+        if ecs.broker_password_secret_arn and ecs.broker_password_secret_arn == ecs.store_password_secret_arn:
+            problems.append(("ecs.store_password_secret_arn", "must differ from broker_password_secret_arn: the "
+                                                              "store holds the run's message key"))
     raise_all([ConfigError(path, reason) for path, reason in problems])
     return region
 
@@ -134,12 +142,13 @@ def ecs_plan(config: Config, topo: Topology, config_text: str, *, region: str | 
     namespace = None
     if ecs.self_hosted:
         namespace = {"name": ecs.namespace, "vpc": ecs.vpc_id}
-        password = [{"name": "RABBITMQ_DEFAULT_PASS", "valueFrom": ecs.password_secret_arn}]
+        # each server gets only its own password
+        password = [{"name": "RABBITMQ_DEFAULT_PASS", "valueFrom": ecs.broker_password_secret_arn}]
         service("rabbitmq", task("rabbitmq", ecs.rabbitmq_image, [], [{"name": "RABBITMQ_DEFAULT_USER", "value": "cuttlefish"}],
                                  password, 1.0, 2048, 5672), discovery="rabbitmq")
-        redis_secret = [{"name": "REDIS_PASSWORD", "valueFrom": ecs.password_secret_arn}]
-        service("redis", task("redis", ecs.redis_image, ["sh", "-c", 'exec redis-server --appendonly yes --requirepass "$REDIS_PASSWORD"'],
-                              [], redis_secret, 0.5, 1024, 6379), discovery="redis")
+        redis_secret = [{"name": "REDIS_PASSWORD", "valueFrom": ecs.store_password_secret_arn}]
+        service("redis", task("redis", ecs.redis_image, ["sh", "-c", REDIS_START], [], redis_secret, 0.5, 1024, 6379),
+                discovery="redis")
     return {
         "region": region, "run": run, "cluster": cluster, "log_group": log_group,
         "capacity_provider": ({"name": f"{cluster}-asg", "autoScalingGroupArn": ecs.auto_scaling_group_resource_id}

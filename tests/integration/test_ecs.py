@@ -101,7 +101,8 @@ def test_deploy_redeploy_change_and_teardown(tmp_path, aws, capsys):
 
 def test_self_hosted_broker_and_store_through_cloud_map(tmp_path, aws, moto_endpoint, capsys):
     config = _write(tmp_path, cluster="selfhosted", auto_scaling_group_resource_id=None, launch_type="FARGATE",
-                    self_hosted=True, password_secret_arn="arn:aws:secretsmanager:us-east-1:1:secret:pw")
+                    self_hosted=True, broker_password_secret_arn="arn:aws:secretsmanager:us-east-1:1:secret:broker-pw",
+                    store_password_secret_arn="arn:aws:secretsmanager:us-east-1:1:secret:store-pw")
     assert main(["deploy", config, "--target", "ecs", "--run-id", "sh"]) == 0
     out = _lines(capsys)
     assert "created discovery service rabbitmq.cuttlefish.local" in out and "created discovery service redis.cuttlefish.local" in out
@@ -111,7 +112,11 @@ def test_self_hosted_broker_and_store_through_cloud_map(tmp_path, aws, moto_endp
     td = ecs.describe_task_definition(taskDefinition="cuttlefish-task-dev2-sh-rabbitmq")["taskDefinition"]
     assert td["cpu"] == "1024" and td["memory"] == "2048"  # a valid Fargate size
     assert td["containerDefinitions"][0]["secrets"] == [{"name": "RABBITMQ_DEFAULT_PASS",
-                                                         "valueFrom": "arn:aws:secretsmanager:us-east-1:1:secret:pw"}]
+                                                         "valueFrom": "arn:aws:secretsmanager:us-east-1:1:secret:broker-pw"}]
+    redis = ecs.describe_task_definition(taskDefinition="cuttlefish-task-dev2-sh-redis")["taskDefinition"]
+    container = redis["containerDefinitions"][0]  # the store's own password, read from a file, not argv
+    assert container["secrets"] == [{"name": "REDIS_PASSWORD", "valueFrom": "arn:aws:secretsmanager:us-east-1:1:secret:store-pw"}]
+    assert "--requirepass" not in container["command"][2]
     assert main(["deploy", config, "--target", "ecs", "--run-id", "sh"]) == 0
     assert not [line for line in _lines(capsys) if line.startswith("created")]
     other = _write(tmp_path, cluster="selfhosted", auto_scaling_group_resource_id=None, launch_type="FARGATE")

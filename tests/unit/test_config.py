@@ -322,8 +322,8 @@ def test_top_level_not_a_mapping(text):
             "ecs.zzz: unknown key (allowed: task_definition, cluster, "
             "auto_scaling_group_resource_id, region, launch_type, subnets, security_groups, "
             "assign_public_ip, execution_role_arn, task_role_arn, log_group, image, broker_secret_arn, "
-            "store_secret_arn, store_url, self_hosted, password_secret_arn, namespace, vpc_id, "
-            "rabbitmq_image, redis_image)",
+            "store_secret_arn, store_url, self_hosted, broker_password_secret_arn, store_password_secret_arn, "
+            "namespace, vpc_id, rabbitmq_image, redis_image)",
         ),
     ],
 )

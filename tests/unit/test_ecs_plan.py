@@ -93,3 +93,32 @@ def test_a_size_beyond_fargate_is_refused_clearly(no_aws_config, tmp_path, capsy
     assert main(["deploy", str(path), "--target", "ecs", "--dry-run", "--region", "eu-west-1"]) == 2
     err = capsys.readouterr().err
     assert "deploy (layer 2)" in err and "200000 MiB" in err and "largest" in err
+
+
+def _self_hosted(tmp_path, **keys) -> str:
+    extra = "".join(f"  {k}: {v}\n" for k, v in {"self_hosted": "true", "vpc_id": "vpc-1", **keys}.items())
+    path = tmp_path / "self-hosted.yaml"
+    path.write_text((ROOT / "examples" / "ecs.yaml").read_text().replace("\necs:\n", f"\necs:\n{extra}"))
+    return str(path)
+
+
+def test_self_hosted_servers_each_get_only_their_own_password(no_aws_config, tmp_path, capsys):
+    config = _self_hosted(tmp_path, broker_password_secret_arn="arn:broker-pw", store_password_secret_arn="arn:store-pw")
+    assert main(["deploy", config, "--target", "ecs", "--dry-run", "--region", "eu-west-1"]) == 0
+    tasks = {t["family"].rsplit("-", 1)[-1]: t["containerDefinitions"][0]
+             for t in json.loads(capsys.readouterr().out)["task_definitions"]}
+    assert tasks["rabbitmq"]["secrets"] == [{"name": "RABBITMQ_DEFAULT_PASS", "valueFrom": "arn:broker-pw"}]
+    assert tasks["redis"]["secrets"] == [{"name": "REDIS_PASSWORD", "valueFrom": "arn:store-pw"}]
+    assert "$REDIS_PASSWORD" in tasks["redis"]["command"][2] and "--requirepass" not in tasks["redis"]["command"][2]
+
+
+@pytest.mark.parametrize("keys, problem", [
+    ({"store_password_secret_arn": "arn:s"}, "ecs.broker_password_secret_arn: is needed when self_hosted is true"),
+    ({"broker_password_secret_arn": "arn:b"}, "ecs.store_password_secret_arn: is needed when self_hosted is true"),
+    ({"broker_password_secret_arn": "arn:same", "store_password_secret_arn": "arn:same"},
+     "ecs.store_password_secret_arn: must differ from broker_password_secret_arn"),
+    ({"password_secret_arn": "arn:one"}, "ecs.password_secret_arn: unknown key"),  # the one shared password
+])
+def test_self_hosted_needs_two_different_passwords(no_aws_config, tmp_path, capsys, keys, problem):
+    assert main(["deploy", _self_hosted(tmp_path, **keys), "--target", "ecs", "--dry-run", "--region", "eu-west-1"]) == 2
+    assert problem in capsys.readouterr().err
