@@ -18,11 +18,13 @@ from compose import render as compose_render
 from neuron.topology import RUN_ID, Topology
 from orchestrator.config import Config, load_config
 from orchestrator.config.plan import build_plan
+from orchestrator.config.schema import MAX_NEURONS
 from orchestrator.deploy import compose
 from orchestrator.deploy.aws import EcsDeployer, configured_region
 from orchestrator.deploy.ecs import ecs_plan
 from orchestrator.deploy.status import find_run, format_status, run_status
 from orchestrator.errors import ConfigError, OrchestratorError
+from orchestrator.training.rescale import check_neuron_limit
 from paramstore import open_store
 from paramstore.lease import lease_key
 from paramstore.run import RunRecord
@@ -168,6 +170,18 @@ def _driver_gone(store, run_id: str) -> str | None:
     return f"its driver's lease expired {late:.0f} s ago" if late > 0 else None
 
 
+def _check_limit(wanted: Topology, args: argparse.Namespace) -> None:
+    """ConfigError (exit 2) if the split `scale` asks for has more neurons than the run's config allows."""
+    # the manifest does not hold the limit: the config's, else the default (fail closed, saying so)
+    limit = load_config(args.config).network.max_neurons if args.config else MAX_NEURONS
+    try:
+        check_neuron_limit(wanted, limit, args.layer)
+    except ValueError as exc:
+        source = (f"neural_network.max_neurons of {args.config}" if args.config else
+                  "the default neural_network.max_neurons; give the run's config if it sets another")
+        raise ConfigError("--shards", f"{exc} ({source})") from None
+
+
 def cmd_scale(args: argparse.Namespace) -> int:
     """Ask the run's driver to split a layer differently and wait until it has."""
     store_url = args.store or (compose.store_url(args.compose_file) if args.target == "compose" else None)
@@ -181,9 +195,10 @@ def cmd_scale(args: argparse.Namespace) -> int:
             raise ConfigError("--run-id", f"run {run_id} is not running (status {manifest.status!r})")
         topo = Topology.from_dict(dict(manifest.topology))
         try:
-            topo.with_shards(args.layer, args.shards)
+            wanted = topo.with_shards(args.layer, args.shards)
         except ValueError as exc:
             raise ConfigError("--shards", str(exc)) from None
+        _check_limit(wanted, args)
         if args.target == "compose" and not args.config:
             raise ConfigError("scale", "--target compose needs the config the compose file was made from")
         gone = _driver_gone(store, run_id)

@@ -21,6 +21,16 @@ class RescaleRequested(OrchestratorError):
         self.request = request
 
 
+def check_neuron_limit(topo: Topology, limit: int, layer: int) -> None:
+    """ValueError, naming `limit` and what `layer` could have, if `topo` has more neurons than `limit` allows."""
+    total = sum(topo.shards)
+    if total <= limit:
+        return
+    room = limit - (total - topo.shards[layer - 1])
+    fits = f"; layer {layer} can have at most {room}" if room >= 1 else ""
+    raise ValueError(f"{total} neurons exceed the limit of {limit} per run{fits}")
+
+
 def resolve(record: RunRecord, topo: Topology, request: ScaleRequest, *, can_replace: bool) -> Topology | None:
     """The topology the request asks for, or None (recorded as refused in the manifest) if it cannot be."""
     try:

@@ -10,10 +10,12 @@ import time
 
 import pytest
 
+from neuron.topology import Topology
 from orchestrator import __version__
 from orchestrator.cli import main
 from orchestrator.cli.commands import _parser
 from paramstore import open_store
+from paramstore.lease import Lease
 from paramstore.run import RunRecord
 from tests.conftest import ROOT
 
@@ -138,6 +140,35 @@ def test_scale_of_a_run_whose_driver_is_gone_says_so_at_once(tmp_path, mnist_dir
     assert time.monotonic() - started < 30
     err = capsys.readouterr().err
     assert "run r1 is not being trained: its driver stopped" in err and "asked run" not in err
+
+
+def _running_run(tmp_path, sizes, shards) -> str:
+    """A store holding run r1 as a live driver leaves it: running, its split in the manifest, its lease held."""
+    store = f"file://{tmp_path}/store"
+    with open_store(store) as opened:
+        lease = Lease(opened, "r1", ttl=300)
+        lease.acquire()  # not renewed: it just stays valid for the test's few seconds
+        RunRecord(opened, "r1").create(status="running", topology=Topology("r1", sizes, shards).to_dict())
+    return store
+
+
+@pytest.mark.parametrize("config, limit, source", [
+    (None, 256, "the default neural_network.max_neurons; give the run's config if it sets another"),
+    ("max_neurons: 40", 40, "neural_network.max_neurons of"),
+])
+def test_scale_beyond_the_neuron_limit_is_refused_before_asking(tmp_path, capsys, config, limit, source):
+    store = _running_run(tmp_path, (784, 300, 10), (2, 1))
+    argv = ["scale", "--store", store, "--run-id", "r1", "--layer", "1", "--shards", "290", "--wait", "1"]
+    if config:
+        path = tmp_path / "net.yaml"
+        path.write_text(TINY.read_text().replace("neural_network:\n", f"neural_network:\n  {config}\n"))
+        argv.insert(1, str(path))
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"--shards: 291 neurons exceed the limit of {limit} per run; layer 1 can have at most {limit - 1}" in err
+    assert source in err and "asked run" not in err
+    with open_store(store) as opened:
+        assert RunRecord(opened, "r1").scale_request() is None  # nothing was asked of the driver
 
 
 def test_the_neurons_refuse_an_unknown_log_level_too(monkeypatch, capsys):
