@@ -185,9 +185,9 @@ class Actor(ABC):
     def report(self, event: Report, generation: int | None = None) -> None:
         """Send an event to the driver (about `generation`, by default the current one)."""
         gen = (self.generation or 0) if generation is None else generation
-        body = codec.encode(protocol.REPORT, self.topo.run_tag, gen, self.step, source=self.role,
-                            data=report_data(event), key=self.topo.key)
-        self.broker.publish(self.driver_queue, body)
+        message, body = codec.outgoing(protocol.REPORT, self.topo.run_tag, gen, self.step, source=self.role,
+                                       data=report_data(event), key=self.topo.key)
+        self.broker.publish_object([self.driver_queue], message, body)
         self.stats["out"] += 1
 
     def fail(self, exc: BaseException) -> None:

@@ -134,15 +134,21 @@ def encode(
 
 
 def outgoing(kind: int, run_tag: int, generation: int, step: int, *, micro: int = 0, nmicro: int = 0,
-             source: tuple[int, int] = (0, 0), flags: int = 0, array: np.ndarray, key: bytes
-             ) -> tuple[Message, Callable[[], bytes]]:
-    """An array message as the object a reader in this process takes, and the encoder of its signed bytes."""
+             source: tuple[int, int] = (0, 0), flags: int = 0, array: np.ndarray | None = None,
+             data: Mapping | None = None, key: bytes) -> tuple[Message, Callable[[], bytes]]:
+    """A message as the object a reader in this process takes, and the encoder of its signed bytes.
+
+    Exactly one of `array` and `data` is given, as for encode().
+    """
+    if (array is None) == (data is None):
+        raise ValueError("an outgoing message carries either an array or a JSON object")
     message = Message(kind, run_tag, generation, step, micro, nmicro, source[0], source[1], flags,
-                      array=np.ascontiguousarray(array))
+                      array=None if array is None else np.ascontiguousarray(array),
+                      data=None if data is None else dict(data))
 
     def body() -> bytes:
         return encode(kind, run_tag, generation, step, micro=micro, nmicro=nmicro, source=source, flags=flags,
-                      array=message.array, key=key)
+                      array=message.array, data=message.data, key=key)
     return message, body
 
 
