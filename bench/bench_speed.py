@@ -278,9 +278,13 @@ def main(argv=None) -> int:
         if not args.no_services and not (amqp and redis_url):
             from tests import services
 
+            # by the containers' own addresses, as neurons on a compose network reach them (no docker-proxy)
             if not amqp:
                 amqp, rabbit_box = stack.enter_context(services.rabbitmq())
-            redis_url = redis_url or stack.enter_context(services.redis())[0]
+                amqp = services.direct(amqp, rabbit_box, 5672)
+            if not redis_url:
+                redis_url, redis_box = stack.enter_context(services.redis())
+                redis_url = services.direct(redis_url, redis_box, 6379)
         if args.no_services:
             amqp = redis_url = None
         container = rabbit_box.get_wrapped_container() if rabbit_box is not None else None

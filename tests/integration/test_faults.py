@@ -52,11 +52,9 @@ def _own(kind: str, port: int):
     problem = services.docker_problem()
     require(problem is None, f"needs Docker: {problem}")
     with getattr(services, kind)() as (url, box):
-        container = box.get_wrapped_container()
-        container.reload()
-        parts = urlsplit(url)
-        netloc = f"{parts.username or ''}:{parts.password}@{container.attrs['NetworkSettings']['IPAddress']}:{port}"
-        yield parts._replace(netloc=netloc).geturl(), box
+        direct = services.direct(url, box, port)
+        require(direct != url, f"needs the {kind} container's own address to be reachable from here")
+        yield direct, box
 
 
 @pytest.fixture
