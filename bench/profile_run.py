@@ -61,7 +61,7 @@ def _parse(raw: str) -> dict[str, collections.Counter]:
             kind = "heartbeat"
         elif "amqp-io" in head:
             kind = "io"
-        elif "MainThread" in head or "cuttlefish-L" in head or "cuttlefish-head" in head:
+        elif "MainThread" in head or "cuttlefish-actors" in head:
             kind = "main"
         else:
             kind = "other threads"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import collections
 import logging
 import threading
-from typing import Iterable
+from typing import Callable, Iterable
 
 from broker.base import Broker, Delivery, HandedDelivery
 from neuron.actor import Actor
@@ -115,8 +115,11 @@ class Colocated(Broker):
 
 
 def run_together(actors: list[Actor], router: Colocated, stop: threading.Event | None = None,
-                 poll: float = 0.2) -> None:
-    """Handle the messages of `actors` (built on `router`) on this thread until each is told to stop."""
+                 poll: float = 0.2, on_crash: Callable[[Actor], None] | None = None) -> None:
+    """Handle the messages of `actors` (built on `router`) on this thread until each is told to stop.
+
+    An exception from an actor ends the loop; `on_crash(actor)` is told which one raised it first.
+    """
     by_queue = {actor.queue: actor for actor in actors}
     reconnects = router.reconnects
     while any(actor.running for actor in actors) and not (stop is not None and stop.is_set()):
@@ -127,5 +130,11 @@ def run_together(actors: list[Actor], router: Colocated, stop: threading.Event |
         if delivery is None:
             continue
         actor = by_queue[delivery.queue]
-        if actor.running:  # a stopped actor's leftovers stay unsettled, as a stopped process leaves them
+        if not actor.running:  # a stopped actor's leftovers stay unsettled, as a stopped process leaves them
+            continue
+        try:
             actor.handle(delivery)
+        except Exception:
+            if on_crash is not None:
+                on_crash(actor)
+            raise

@@ -9,12 +9,12 @@ from types import MappingProxyType
 from neuron.topology import Topology
 from orchestrator.errors import TrainingError
 from orchestrator.runtimes.base import Runtime, Services
-from orchestrator.runtimes.embedded import ThreadedActors
+from orchestrator.runtimes.embedded import EmbeddedActors
 from orchestrator.runtimes.external import HeartbeatWatch
 from orchestrator.runtimes.local import ProcessGroup
 
 RUNTIMES: MappingProxyType[str, type[Runtime]] = MappingProxyType({
-    "embedded": ThreadedActors,  # a thread per actor, sharing the in-process broker and store
+    "embedded": EmbeddedActors,  # every actor on one thread, sharing the in-process broker and store
     "local": ProcessGroup,  # a supervised OS process per actor
     "external": HeartbeatWatch,  # the actors run elsewhere; their heartbeats are watched
 })

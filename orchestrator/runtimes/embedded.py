@@ -1,16 +1,15 @@
-"""The embedded runtime: the actors of a run on threads of this process.
+"""The embedded runtime: every actor of a run on one thread of this process, the driver on another.
 
-Each neuron has a thread of its own, except the run of single-neuron layers that ends the network: those
-neurons and the loss head share one thread, since their work is one after another anyway; their messages
-then never wait for another thread (neuron/host.py).
+The actors hand their messages to each other as objects (neuron/host.py), so a step crosses a thread only
+where the driver feeds it and hears its loss. Only one thread computes at a time: an exact step is a chain
+(a layer's next forward needs its update, which needs the gradient from the layers above), so a thread per
+neuron won no parallelism and cost hand-offs and GIL switches. BLAS keeps its own threads for the
+matrix products, as the single-process trainer does; that is where a step's parallelism is.
 """
 from __future__ import annotations
 
 import logging
 import threading
-from contextlib import ExitStack
-
-from threadpoolctl import threadpool_limits
 
 from broker.base import Broker
 from neuron.actor import Actor
@@ -26,79 +25,52 @@ from paramstore.checkpoint import Checkpoints
 log = logging.getLogger(__name__)
 
 
-def tail_layers(topo: Topology) -> list[int]:
-    """The single-neuron layers that end the network, the first layer only if it is the output layer.
-
-    They share the head's thread; the first layer keeps a thread of its own (its parameter gradients
-    overlap the later layers' work).
-    """
-    if topo.shards[-1] != 1:
-        return []
-    start = topo.depth
-    while start - 1 >= 2 and topo.shards[start - 2] == 1:
-        start -= 1
-    return list(range(start, topo.depth + 1))
-
-
-class ThreadedActors(Runtime):
-    """Runs the actors of a topology on threads and notices any that died."""
+class EmbeddedActors(Runtime):
+    """Runs the actors of a topology together on one thread and notices if it died."""
 
     def __init__(self, topo: Topology, broker: Broker, checkpoints: Checkpoints) -> None:
-        tail = tail_layers(topo)
-        shared = Colocated(broker, [topo.queue(layer, 0) for layer in tail] + [topo.queue(HEAD_LAYER)])
-        self.groups: list[list[Actor]] = [[DenseNeuron(topo, layer, index, broker, checkpoints)]
-                                          for layer, index in topo.neurons() if layer not in tail]
-        self.groups.append([*(DenseNeuron(topo, layer, 0, shared, checkpoints) for layer in tail), LossHead(topo, shared)]
-                           if tail else [LossHead(topo, broker)])
-        self.actors: list[Actor] = [actor for group in self.groups for actor in group]
-        self._routers = {id(group): shared for group in self.groups if len(group) > 1}
-        self._limits = ExitStack()
+        queues = [topo.queue(layer, index) for layer, index in topo.neurons()] + [topo.queue(HEAD_LAYER)]
+        self.router = Colocated(broker, queues)
+        self.actors: list[Actor] = [DenseNeuron(topo, layer, index, self.router, checkpoints)
+                                    for layer, index in topo.neurons()]
+        self.actors.append(LossHead(topo, self.router))
         self._stop = threading.Event()
-        self._errors: dict[str, BaseException] = {}
-        self._threads = [threading.Thread(target=self._run, args=(g,), name=f"cuttlefish-{g[0].name}", daemon=True)
-                         for g in self.groups]
+        self._crashed: tuple[str, BaseException] | None = None
+        self._thread = threading.Thread(target=self._run, name="cuttlefish-actors", daemon=True)
 
-    def _run(self, group: list[Actor]) -> None:
-        actor = group[0]
+    def _run(self) -> None:
+        culprit: list[Actor] = []
         try:
-            if len(group) == 1:
-                actor.run(self._stop)
-            else:
-                run_together(group, self._routers[id(group)], self._stop)
-        except Exception as exc:  # a neuron's crash must reach the driver, not vanish with its thread
+            run_together(self.actors, self.router, self._stop, on_crash=culprit.append)
+        except Exception as exc:  # an actor's crash must reach the driver, not vanish with the thread
+            actor = culprit[0] if culprit else self.actors[0]
             log.exception("neuron %s crashed", actor.name)
-            self._errors[actor.name] = exc
+            self._crashed = (actor.name, exc)
             actor.fail(exc)
 
     @classmethod
-    def create(cls, topo: Topology, services: Services) -> ThreadedActors:
-        """Threads for the actors of `topo`, sharing the run's broker and checkpoints."""
+    def create(cls, topo: Topology, services: Services) -> EmbeddedActors:
+        """The actors of `topo` on one thread, sharing the run's broker and checkpoints."""
         return cls(topo, services.broker, services.checkpoints)
 
     def start(self) -> None:
-        """Start every actor thread."""
-        # Every neuron thread calls BLAS at once; BLAS's own worker threads would fight them for the cores
-        # (OpenBLAS workers spin), so each call runs on its caller's thread and the neurons are the parallelism.
-        self._limits.enter_context(threadpool_limits(limits=1, user_api="blas"))
-        for thread in self._threads:
-            thread.start()
+        """Start the actors' thread."""
+        self._thread.start()
 
     def check(self) -> None:
-        """Raise TrainingError if an actor thread crashed or exited early."""
-        for name, exc in self._errors.items():
+        """Raise TrainingError if an actor crashed or the actors' thread exited early."""
+        if self._crashed is not None:
+            name, exc = self._crashed
             raise TrainingError(f"neuron {name} crashed: {type(exc).__name__}: {exc}")
-        for group, thread in zip(self.groups, self._threads):
-            if not thread.is_alive() and not self._stop.is_set():
-                raise TrainingError(f"neuron {group[0].name} exited unexpectedly")
+        if not self._thread.is_alive() and not self._stop.is_set():
+            raise TrainingError("the neurons' thread exited unexpectedly")
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop and join every actor thread."""
+        """Stop and join the actors' thread."""
         self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout)
-        self._limits.close()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
 
     def stats(self) -> dict[str, dict]:
         """Per-actor message counters."""
         return {a.name: dict(a.stats) for a in self.actors}
-
