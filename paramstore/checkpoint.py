@@ -73,6 +73,7 @@ class Checkpoints:
             if records:
                 arrays[str(layer)] = _layer_arrays(version, layer, records)
         if missing:
+            self.record.current()  # a store that lost the run's data explains the missing slices: RunDataLost
             shown = ", ".join(missing[:8]) + (", ..." if len(missing) > 8 else "")
             raise CheckpointError(f"checkpoint {version} lacks {len(missing)} slice(s): {shown}")
         with self.record.lock:

@@ -138,10 +138,12 @@ def test_forged_messages_from_another_client_change_nothing(small_mnist, referen
     assert len(reasons) == len(forged) and all(r.startswith("BadSignature") for r in reasons), reasons[:3]
 
 
-def test_a_second_driver_is_refused_at_once_and_the_first_finishes_bitwise(small_mnist, reference, amqp_url,
-                                                                          redis_url):
+def test_a_second_driver_is_refused_at_once_and_the_first_finishes_bitwise(small_mnist, amqp_url, redis_url):
     train, test = small_mnist
-    config, run_id = _config(amqp_url, redis_url), f"it-two-{os.getpid()}"
+    # long enough that the first driver still holds the run when the resuming one has waited out its lease check
+    epochs, run_id = 8, f"it-two-{os.getpid()}"
+    config = _config(amqp_url, redis_url).with_training(epochs=epochs)
+    reference = train_run(_config().with_training(epochs=epochs), train, test, run_id="ref-two").params
     outcomes = {}
 
     def second_driver(runtime):
@@ -150,14 +152,13 @@ def test_a_second_driver_is_refused_at_once_and_the_first_finishes_bitwise(small
             for mode in ("start", "resume"):
                 t0 = time.monotonic()
                 try:
-                    train_run(config, train, test, run_id=run_id, max_steps=STEPS, resume=mode == "resume",
-                              target="local")
+                    train_run(config, train, test, run_id=run_id, resume=mode == "resume", target="local")
                     outcomes[mode] = ("trained", time.monotonic() - t0)
                 except TrainingError as exc:
                     outcomes[mode] = (str(exc), time.monotonic() - t0)
         threading.Thread(target=loop, daemon=True).start()
 
-    result = train_run(config, train, test, run_id=run_id, max_steps=STEPS, target="local", on_actors=second_driver)
+    result = train_run(config, train, test, run_id=run_id, target="local", on_actors=second_driver)
     deadline = time.monotonic() + 30
     while len(outcomes) < 2 and time.monotonic() < deadline:
         time.sleep(0.1)
