@@ -31,7 +31,7 @@ from bench.profile_run import profile_run  # noqa: E402
 from orchestrator.config import parse_config  # noqa: E402
 from orchestrator.data.mnist import load_mnist  # noqa: E402
 from orchestrator.data.model import init_params  # noqa: E402
-from orchestrator.training.driver import DriverOptions  # noqa: E402
+from orchestrator.training.options import DriverOptions  # noqa: E402
 from orchestrator.training.reference import ReferenceTrainer, train_reference  # noqa: E402
 from orchestrator.training.runner import make_schedule, train_run  # noqa: E402
 

@@ -14,7 +14,7 @@ import subprocess
 import tempfile
 import time
 
-from orchestrator.training.driver import DriverOptions
+from orchestrator.training.options import DriverOptions
 from orchestrator.training.runner import train_run
 
 RATE, SECONDS, START_STEP = 67, 10, 150

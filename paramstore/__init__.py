@@ -1,8 +1,8 @@
 """Parameter store: a key-value store chosen by URL scheme, holding each run's record and checkpoints.
 
 memory:// (in-process), file:///abs/dir or file://rel/dir (a local directory), redis(s):// and
-dynamodb://TABLE?region=R; a backend module is imported only when its scheme is opened. run.py keeps a
-run's manifest, heartbeats and scale requests; checkpoint.py its weight slices.
+dynamodb://TABLE?region=R; a backend module is imported only when its scheme is opened. keys.py names a
+run's keys, manifest.py types its manifest, run.py reads and writes its record, checkpoint.py its weight slices.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Checkpoint layout of one training run on any Store: per-neuron row slices, committed through the manifest.
 
 A version exists for readers only once commit() lists it in the manifest, so a half-written checkpoint
-(a neuron died mid-write) is never read. The keys are listed in paramstore/run.py.
+(a neuron died mid-write) is never read. The keys are listed in paramstore/keys.py.
 """
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ import numpy as np
 
 from paramstore.base import ARRAY_DTYPES, DEFAULT_CHUNK_BYTES, Store
 from paramstore.errors import CheckpointError, CorruptValue, MissingKey
-from paramstore.run import MAX_VERSION, CheckpointEntry, Manifest, RunRecord, check_int, check_name
+from paramstore.keys import MAX_VERSION, check_int, check_name
+from paramstore.manifest import CheckpointEntry, Manifest
+from paramstore.run import RunRecord
 
 
 class Checkpoints:

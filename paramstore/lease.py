@@ -20,7 +20,7 @@ import time
 from broker.schemes import redact_url
 from paramstore.base import Store, dumps_json
 from paramstore.errors import LeaseHeld, LeaseLost, RunDataLost, StoreError
-from paramstore.run import RunKeys
+from paramstore.keys import RunKeys
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from orchestrator.data.model import describe, load_model, model_sizes, read_meta
 from orchestrator.data.pictures import load_digits
 from orchestrator.errors import ConfigError, DataError, ModelFileError, OrchestratorError, raise_all
 from orchestrator.runtimes import TARGETS
-from orchestrator.training.driver import DriverOptions
+from orchestrator.training.options import DriverOptions
 from orchestrator.training.plot import chart, check_plot_path, write_chart
 from orchestrator.training.progress import Progress
 from orchestrator.training.reference import accuracy, predict
@@ -36,7 +36,7 @@ from orchestrator.training.runner import make_schedule, new_run_id, train_run
 from paramstore import open_store
 from paramstore.checkpoint import Checkpoints
 from paramstore.errors import StoreError
-from paramstore.run import Manifest
+from paramstore.manifest import Manifest
 
 EXIT_USAGE = 2
 

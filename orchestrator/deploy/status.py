@@ -8,7 +8,8 @@ from broker.errors import BrokerError
 from neuron.topology import Topology
 from orchestrator.errors import OrchestratorError
 from paramstore.base import Store
-from paramstore.run import RunRecord, run_ids
+from paramstore.keys import run_ids
+from paramstore.run import RunRecord
 
 COLUMNS = ("neuron", "alive", "generation", "step", "in", "out", "rejected", "queue", "last heartbeat")
 

@@ -14,18 +14,18 @@ from broker.base import Broker
 from neuron import codec, protocol
 from neuron.errors import BadSignature, CodecError
 from neuron.optim import state_names
-from neuron.role import HEAD
-from neuron.topology import Topology, micro_sizes
-from orchestrator.data.mnist import Dataset, batch_slices, pixels
+from neuron.topology import Topology
+from orchestrator.data.mnist import Dataset, pixels
 from orchestrator.data.model import Params
 from orchestrator.errors import NeuronLost, TrainingError
 from orchestrator.runtimes.base import Runtime
-from orchestrator.training import rescale
+from orchestrator.training import feed, rescale
+from orchestrator.training.options import DriverOptions
 from orchestrator.training.rescale import RescaleRequested
 from orchestrator.training.schedule import Schedule
 from paramstore.checkpoint import Checkpoints
 from paramstore.errors import CheckpointError, LeaseLost
-from paramstore.run import Rescale, ScaleRequest
+from paramstore.manifest import Rescale, ScaleRequest
 
 log = logging.getLogger(__name__)
 
@@ -44,19 +44,6 @@ class TrainResult:
     epoch_accuracy: dict[int, float] = field(default_factory=dict)
     actor_stats: dict[str, dict] = field(default_factory=dict)
     recoveries: int = 0
-
-
-@dataclass
-class DriverOptions:
-    """Knobs of the driver that are not part of the network's mathematics."""
-
-    checkpoint_every: int = 100
-    window: int = 2  # training steps in flight ahead of the last loss received
-    stall_timeout: float = 120.0  # seconds without any message before the run is declared stuck
-    max_recoveries: int = 50  # new generations after lost neurons before the run gives up
-    keep_checkpoints: int = 2
-    on_step: Callable[[int, float, int], None] | None = None  # (step, loss, samples)
-    on_epoch: Callable[[int, float], None] | None = None  # (epoch, test accuracy)
 
 
 class _Stalled(NeuronLost):
@@ -376,7 +363,8 @@ class Driver:
             last = step == total - 1
             flags = protocol.CHECKPOINT if (step + 1) % opts.checkpoint_every == 0 or last else 0
             # raw pixels, a quarter of the bytes of the floats; layer 1 scales them exactly as to_inputs does
-            self._send_step(step, pixels(train.images[idx]), train.labels[idx], flags)
+            feed.send_step(self.broker, self.topo, self.generation, step, pixels(train.images[idx]),
+                           train.labels[idx], flags)
             self._sent[step] = len(idx)
             if test is not None and (schedule.ends_epoch(step) or last):
                 self._wait(lambda step=step: step in self._losses, f"the loss of step {step}")
@@ -403,32 +391,13 @@ class Driver:
                 opts.on_step(step, float(self._losses[step]["loss"]), int(self._losses[step]["samples"]))
             self._losses.pop(step - 2 * opts.window - 2, None)
 
-    def _send_step(self, step: int, x: np.ndarray, y: np.ndarray, flags: int) -> None:
-        sizes = micro_sizes(x.shape[0], self.topo.micro_batches)
-        tag, gen, key = self.topo.run_tag, self.generation, self.topo.key
-        first = self.topo.layer_queues(1)
-        self.broker.publish_object([HEAD.queue(self.topo.run_id)], *codec.outgoing(
-            protocol.LABELS, tag, gen, step, nmicro=len(sizes), array=y.astype(np.int32), key=key))
-        offset = 0
-        for micro, rows in enumerate(sizes):
-            self.broker.publish_object(first, *codec.outgoing(
-                protocol.ACT, tag, gen, step, micro=micro, nmicro=len(sizes), flags=flags,
-                array=x[offset:offset + rows], key=key))
-            offset += rows
-
     def evaluate(self, test: Dataset, version: int) -> float:
         """Accuracy on `test` of the weights at `version`, computed through the neurons."""
-        x = pixels(test.images)
-        first = self.topo.layer_queues(1)
-        spans = batch_slices(x.shape[0], self.topo.max_rows)
         self._preds.clear()
-        for micro, (a, b) in enumerate(spans):
-            self._expected_preds[micro] = b - a
-            body = codec.encode(protocol.ACT, self.topo.run_tag, self.generation, version, micro=micro,
-                                flags=protocol.EVAL, array=x[a:b], key=self.topo.key)
-            self.broker.publish_many(first, body)
+        spans = feed.send_evaluation(self.broker, self.topo, self.generation, version, pixels(test.images))
+        self._expected_preds.update({micro: b - a for micro, (a, b) in enumerate(spans)})
         self._wait(lambda: len(self._preds) == len(spans), f"predictions of checkpoint {version}")
         correct = sum(int((self._preds[m] == test.labels[a:b]).sum()) for m, (a, b) in enumerate(spans))
         self._preds.clear()
         self._expected_preds.clear()
-        return correct / x.shape[0]
+        return correct / len(test.labels)

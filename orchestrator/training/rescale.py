@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from neuron.topology import Topology
 from orchestrator.errors import OrchestratorError
-from paramstore.run import Rescale, RunRecord, ScaleRequest
+from paramstore.manifest import Rescale, ScaleRequest
+from paramstore.run import RunRecord
 
 
 class RescaleRequested(OrchestratorError):

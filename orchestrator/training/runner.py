@@ -16,14 +16,15 @@ from orchestrator.data.mnist import Dataset, check_fits
 from orchestrator.data.model import Params, init_params
 from orchestrator.errors import TrainingError
 from orchestrator.runtimes import TARGETS, Runtime, Services, runtime_for
-from orchestrator.training.driver import Driver, DriverOptions, TrainResult
+from orchestrator.training.driver import Driver, TrainResult
+from orchestrator.training.options import DriverOptions
 from orchestrator.training.schedule import Schedule
 from paramstore import open_store
 from paramstore.base import Store
 from paramstore.checkpoint import Checkpoints
 from paramstore.errors import CheckpointError, LeaseHeld
 from paramstore.lease import Lease
-from paramstore.run import Manifest
+from paramstore.manifest import Manifest
 
 
 def new_run_id() -> str:

@@ -16,7 +16,8 @@ from orchestrator.config.plan import build_plan
 from orchestrator.data.mnist import Dataset
 from orchestrator.data.model import init_params
 from orchestrator.errors import NeuronLost, TrainingError
-from orchestrator.training.driver import Driver, DriverOptions
+from orchestrator.training.driver import Driver
+from orchestrator.training.options import DriverOptions
 from orchestrator.training.reference import ReferenceTrainer, train_reference
 from orchestrator.training.runner import make_schedule
 from paramstore.checkpoint import Checkpoints

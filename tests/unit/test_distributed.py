@@ -6,7 +6,7 @@ import pytest
 
 from orchestrator.config import parse_config
 from orchestrator.data.model import init_params
-from orchestrator.training.driver import DriverOptions
+from orchestrator.training.options import DriverOptions
 from orchestrator.training.reference import ReferenceTrainer, train_reference
 from orchestrator.training.runner import make_schedule, train_run
 from paramstore import open_store

@@ -7,7 +7,7 @@ import pytest
 
 from broker import connect
 from orchestrator.errors import TrainingError
-from orchestrator.training.driver import DriverOptions
+from orchestrator.training.options import DriverOptions
 from orchestrator.training.runner import train_run
 from paramstore import open_store
 from paramstore.errors import LeaseLost, RunDataLost

@@ -13,7 +13,7 @@ from neuron.topology import Topology
 from orchestrator.config import parse_config
 from orchestrator.config.plan import build_plan
 from orchestrator.errors import TrainingError
-from orchestrator.training.driver import DriverOptions
+from orchestrator.training.options import DriverOptions
 from orchestrator.training.runner import train_run
 from paramstore import open_store
 from paramstore.checkpoint import Checkpoints
