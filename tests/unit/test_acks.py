@@ -1,5 +1,5 @@
 """The RabbitMQ backend's ack batching: one multiple ack covers exactly the settled prefix."""
-from broker.acks import AckBatch
+from broker.rabbitmq.acks import AckBatch
 
 
 def test_a_multiple_ack_covers_only_tags_below_the_oldest_unsettled_one():

@@ -1,4 +1,4 @@
-"""Acks of one consumed queue, sent as one `multiple` ack per batch (broker/rabbitmq.py)."""
+"""Acks of one consumed queue, sent as one `multiple` ack per batch (broker/rabbitmq/broker.py)."""
 from __future__ import annotations
 
 import threading

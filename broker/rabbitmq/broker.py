@@ -1,6 +1,6 @@
-"""`amqp://` and `amqps://`: RabbitMQ through pika, a per-run direct exchange and dead-lettering with reasons.
+"""RabbitMQ as a Broker: a per-run direct exchange, durable queues and dead-lettering with reasons.
 
-The connection and its I/O thread live in broker/connection.py; this module holds what is declared and
+The connection and its I/O thread live in connection.py; this module holds what is declared and
 consumed on it (and restored after a reconnect), and the Broker operations. Deliveries taken before a
 reconnect are never acked: RabbitMQ delivers them again.
 """
@@ -15,10 +15,10 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import pika
 import pika.exceptions as pex
 
-from broker.acks import AckBatch
 from broker.base import Broker, Delivery, dead_letter_body
-from broker.connection import IO_TICK, READ_BYTES, STOP, ServicedConnection, first_waiting
 from broker.errors import BrokerClosed, BrokerError, QueueNotDeclared
+from broker.rabbitmq.acks import AckBatch
+from broker.rabbitmq.connection import IO_TICK, READ_BYTES, STOP, ServicedConnection, first_waiting
 from broker.schemes import redact_url
 
 log = logging.getLogger(__name__)
