@@ -174,11 +174,14 @@ class Actor(ABC):
         self._seen = {k for k in self._seen if k[2] >= step}  # k[2] is the step of the key _dispatch builds
 
     def send(self, queues: list[str], kind: int, step: int, *, micro: int = 0, nmicro: int = 0, flags: int = 0,
-             array: np.ndarray) -> None:
-        """Publish one array message to every queue of `queues` (encoded once, where it crosses a wire)."""
+             array: np.ndarray, to: Role | None = None) -> None:
+        """Publish one array message to every queue of `queues` (encoded once, where it crosses a wire).
+
+        A GRAD goes to one queue, that of `to`, and is signed for it.
+        """
         generation = self.generation if self.generation is not None else 0  # sends follow a start
         message, body = codec.outgoing(kind, self.topo.run_tag, generation, step, micro=micro, nmicro=nmicro,
-                                       source=self.role, flags=flags, array=array, key=self.topo.key)
+                                       source=self.role, flags=flags, array=array, key=self.topo.key, to=to)
         self.broker.publish_object(queues, message, body)
         self.stats["out"] += len(queues)
 

@@ -4,6 +4,9 @@ The kinds and flags it carries, and what they mean, are in neuron/protocol.py.
 
 Every message ends with an HMAC-SHA256 of everything before it under the run's key, checked before any
 field but the header's run tag is believed: publishing to the broker is not enough to influence a run.
+A GRAD, the one kind whose body differs per receiver (each gets its own columns), is signed for its
+receiver as well: its MAC also covers the receiver's (layer, index), which is not sent, so a copy of it
+put into another neuron's queue does not verify there. Every other kind is the same for all its receivers.
 """
 from __future__ import annotations
 
@@ -35,7 +38,7 @@ __all__ = [
 ]
 
 MAGIC = b"CF"
-VERSION = 2  # 2: the loss head is source layer HEAD_LAYER, not depth + 1
+VERSION = 3  # 2: the loss head is source layer HEAD_LAYER, not depth + 1; 3: a GRAD is signed for its receiver
 
 DTYPES: dict[int, np.dtype] = {1: np.dtype("<f4"), 2: np.dtype("<f8"), 3: np.dtype("<i4"), 4: np.dtype("<i8"), 5: np.dtype("u1")}
 PIXELS = np.dtype("u1")  # the driver's inputs as raw image bytes
@@ -44,6 +47,7 @@ JSON_DTYPE = 0
 
 # magic, version, kind, flags, dtype, ndim, run tag, generation, step, micro, nmicro, source layer, source index
 HEADER = struct.Struct("<2sBBBBBQIQIIHI")
+RECEIVER = struct.Struct("<HI")  # a GRAD's receiver (layer, index), signed before the header but never sent
 DIM = struct.Struct("<I")
 MAX_NDIM = 2
 MAX_JSON = 64 * 1024
@@ -95,6 +99,7 @@ class Schema:
     max_batch: int  # rows of one step (labels come once per step)
     max_bytes: int
     columns: Mapping[tuple[int, int, int], int | None]
+    receiver: tuple[int, int] = (0, 0)  # (layer, index) of the receiver, which a GRAD must be signed for
 
 
 def encode(
@@ -110,9 +115,14 @@ def encode(
     array: np.ndarray | None = None,
     data: Mapping | None = None,
     key: bytes,
+    to: tuple[int, int] | None = None,
 ) -> bytes:
-    """Encode and sign one message; exactly one of `array` (kinds ACT..PRED) and `data` (CONTROL, REPORT) is given."""
+    """Encode and sign one message; exactly one of `array` (kinds ACT..PRED) and `data` (CONTROL, REPORT) is given.
+
+    A GRAD is signed for its one receiver `to` (layer, index); other kinds take no `to`.
+    """
     mac = hmac.new(check_key(key), digestmod=hashlib.sha256)
+    mac.update(_receiver_prefix(kind, to))
     if kind in JSON_KINDS:
         payload = json.dumps(data, separators=(",", ":"), allow_nan=False).encode()
         head = HEADER.pack(MAGIC, VERSION, kind, flags, JSON_DTYPE, 0, run_tag, generation, step, micro, nmicro, *source)
@@ -135,21 +145,34 @@ def encode(
 
 def outgoing(kind: int, run_tag: int, generation: int, step: int, *, micro: int = 0, nmicro: int = 0,
              source: tuple[int, int] = (0, 0), flags: int = 0, array: np.ndarray | None = None,
-             data: Mapping | None = None, key: bytes) -> tuple[Message, Callable[[], bytes]]:
+             data: Mapping | None = None, key: bytes,
+             to: tuple[int, int] | None = None) -> tuple[Message, Callable[[], bytes]]:
     """A message as the object a reader in this process takes, and the encoder of its signed bytes.
 
-    Exactly one of `array` and `data` is given, as for encode().
+    Exactly one of `array` and `data` is given, and `to` for a GRAD, as for encode().
     """
     if (array is None) == (data is None):
         raise ValueError("an outgoing message carries either an array or a JSON object")
+    _receiver_prefix(kind, to)  # a missing or needless receiver is the sender's error, found now
     message = Message(kind, run_tag, generation, step, micro, nmicro, source[0], source[1], flags,
                       array=None if array is None else np.ascontiguousarray(array),
                       data=None if data is None else dict(data))
 
     def body() -> bytes:
         return encode(kind, run_tag, generation, step, micro=micro, nmicro=nmicro, source=source, flags=flags,
-                      array=message.array, data=message.data, key=key)
+                      array=message.array, data=message.data, key=key, to=to)
     return message, body
+
+
+def _receiver_prefix(kind: int, to: tuple[int, int] | None) -> bytes:
+    """What a message's MAC covers before its bytes: a GRAD's receiver, nothing for the other kinds."""
+    if kind != GRAD:
+        if to is not None:
+            raise ValueError(f"a {KINDS.get(kind, kind)} message is signed for every receiver alike, not for {to}")
+        return b""
+    if to is None:
+        raise ValueError("a grad message is signed for its receiver: give `to`")
+    return RECEIVER.pack(*to)
 
 
 def received(delivery: Delivery, schema: Schema) -> Message:
@@ -159,9 +182,10 @@ def received(delivery: Delivery, schema: Schema) -> Message:
     return decode(delivery.body, schema)
 
 
-def sign(unsigned: bytes, key: bytes) -> bytes:
-    """`unsigned` (a header and payload) with its signature appended, as encode() makes it."""
-    return bytes(unsigned) + hmac.digest(check_key(key), unsigned, "sha256")
+def sign(unsigned: bytes, key: bytes, to: tuple[int, int] | None = None) -> bytes:
+    """`unsigned` (a header and payload) with its signature appended, as encode() makes it (`to`: a GRAD's receiver)."""
+    prefix = b"" if to is None else RECEIVER.pack(*to)
+    return bytes(unsigned) + hmac.digest(check_key(key), prefix + bytes(unsigned), "sha256")
 
 
 def check_key(key: object) -> bytes:
@@ -186,8 +210,11 @@ def decode(body: bytes | memoryview, schema: Schema) -> Message:
     signed = memoryview(body)[:-MAC_SIZE]
     if len(schema.key) < MIN_KEY_BYTES:  # an empty key would be one anybody can sign with
         raise BadSignature("this receiver holds no key of the run")
-    if not hmac.compare_digest(hmac.digest(schema.key, signed, "sha256"), body[-MAC_SIZE:]):
-        raise BadSignature("message without a valid signature of this run")
+    mac = hmac.new(schema.key, RECEIVER.pack(*schema.receiver) if kind == GRAD else b"", "sha256")
+    mac.update(signed)
+    if not hmac.compare_digest(mac.digest(), body[-MAC_SIZE:]):
+        raise BadSignature("message without a valid signature of this run" +
+                           (" for this receiver" if kind == GRAD else ""))
     body = signed  # from here on, only the signed bytes
     if kind not in KINDS:
         raise MalformedMessage(f"unknown kind {kind}")

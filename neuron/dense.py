@@ -9,7 +9,7 @@ from neuron.actor import Actor
 from neuron.errors import CheckpointMissing, ProtocolError, TrainingDiverged
 from neuron.kernels import activation_grad, dense_backward_input, dense_backward_params, dense_forward, scale_pixels
 from neuron.optim import apply_update, state_names
-from neuron.role import HEAD
+from neuron.role import HEAD, Role
 from neuron.topology import Topology
 from paramstore.checkpoint import Checkpoints
 from paramstore.errors import CheckpointError
@@ -128,7 +128,8 @@ class DenseNeuron(Actor):
             grad_x = dense_backward_input(grad_z, self.params["W"])  # (n, f)
             _check_finite(grad_x, self.name, "gradients", self.step)
             for s, (c0, c1) in enumerate(self.prev_splits):
-                self.send([self.prev_queues[s]], protocol.GRAD, self.step, micro=micro, array=grad_x[:, c0:c1])
+                self.send([self.prev_queues[s]], protocol.GRAD, self.step, micro=micro, array=grad_x[:, c0:c1],
+                          to=Role(self.role.layer - 1, s))
         # parameter gradients now, while the previous layer works on grad_x, not all at the step's end
         self._grads[micro] = dense_backward_params(x, grad_z)  # (u, f), (u,)
 

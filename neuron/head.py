@@ -8,7 +8,7 @@ from neuron import codec, protocol
 from neuron.actor import Actor
 from neuron.errors import ProtocolError, TrainingDiverged
 from neuron.kernels import softmax_cross_entropy
-from neuron.role import HEAD
+from neuron.role import HEAD, Role
 from neuron.topology import Topology, micro_sizes
 
 
@@ -77,7 +77,8 @@ class LossHead(Actor):
         if not np.isfinite(loss_sum):
             raise TrainingDiverged(f"training diverged: the loss of step {step} is not finite")
         for s, (a, b) in enumerate(self.out_splits):
-            self.send([self.out_queues[s]], protocol.GRAD, step, micro=micro, array=grad[:, a:b])
+            self.send([self.out_queues[s]], protocol.GRAD, step, micro=micro, array=grad[:, a:b],
+                      to=Role(self.topo.depth, s))
         acc = self._loss.setdefault(step, [0.0, 0, 0])
         acc[0] += loss_sum
         acc[1] += int((pred == y).sum())

@@ -168,7 +168,8 @@ class Topology:
     def schema_for(self, layer: int, index: int) -> codec.Schema:
         """What the actor at (layer, index) accepts (see protocol.expected_sources); (0, 0) is the driver."""
         cols = protocol.expected_sources(self, Role(layer, index))
-        return codec.Schema(self.run_tag, self.key, self.np_dtype, self.max_rows, self.batch_size, self.max_message_bytes(), cols)
+        return codec.Schema(self.run_tag, self.key, self.np_dtype, self.max_rows, self.batch_size, self.max_message_bytes(), cols,
+                            receiver=(layer, index))
 
     def to_dict(self) -> dict:
         """A JSON-ready description (stored in the run manifest), without the key."""

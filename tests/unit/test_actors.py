@@ -37,8 +37,9 @@ def _run(topo: Topology):
 
 
 def _send(broker, topo, to: Role, kind, generation, step, *, source=DRIVER, **fields):
+    to_field = {"to": to} if kind == protocol.GRAD else {}  # a GRAD is signed for its receiver
     broker.publish(to.queue(topo.run_id), codec.encode(kind, topo.run_tag, generation, step, source=source,
-                                                             key=topo.key, **fields))
+                                                             key=topo.key, **to_field, **fields))
 
 
 def _start(broker, topo, actor, generation, version=0):
@@ -190,6 +191,34 @@ def test_a_gradient_without_its_forward_is_rejected():
     assert neuron.stats["rejected"] == 1 and neuron.step == 0
     [letter] = _taken_raw(broker, ONE_LAYER.dead_letter_queue)
     assert "matches no forward" in letter.reason
+
+
+def test_a_gradient_copied_from_a_sibling_neuron_is_rejected_before_it_counts():
+    topo = Topology("sib", sizes=(3, 4), shards=(2,), dtype="float64", batch_size=2, micro_batches=1,
+                    learning_rate=0.25).with_key(KEY)
+    broker, checkpoints, params = _run(topo)
+    neurons = [DenseNeuron(topo, 1, i, broker, checkpoints) for i in range(2)]
+    for neuron in neurons:
+        _start(broker, topo, neuron, generation=1)
+    rng = np.random.default_rng(2)
+    x, grads = rng.normal(size=(2, 3)), [rng.normal(size=(2, 2)) for _ in range(2)]
+    for neuron in neurons:
+        _send(broker, topo, neuron.role, protocol.ACT, 1, 0, micro=0, nmicro=1, array=x)
+        _pump(broker, neuron)
+    first, second = neurons
+    # the head's gradient for L1.0, signed for it, put into L1.1's queue ahead of L1.1's own (same shape)
+    copied = codec.encode(protocol.GRAD, topo.run_tag, 1, 0, source=HEAD, array=grads[0], key=KEY, to=first.role)
+    broker.publish(second.queue, copied)
+    _pump(broker, second)
+    assert second.stats["rejected"] == 1 and second.stats["unsigned"] == 1 and second.step == 0
+    [letter] = _taken_raw(broker, topo.dead_letter_queue)
+    assert "BadSignature" in letter.reason
+    _send(broker, topo, second.role, protocol.GRAD, 1, 0, source=HEAD, array=grads[1])
+    _pump(broker, second)
+    dw, db = dense_backward_params(x, grads[1])
+    w, b = params[0]
+    np.testing.assert_array_equal(second.params["W"], w[2:4] - 0.25 * dw)
+    np.testing.assert_array_equal(second.params["b"], b[2:4] - 0.25 * db)
 
 
 def test_the_head_waits_for_labels_then_returns_each_neuron_its_columns_and_the_loss():

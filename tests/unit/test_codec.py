@@ -105,6 +105,19 @@ def test_a_message_signed_with_another_key_or_altered_is_refused():
         codec.decode(control + b'{"op":"stop","generation":1}' + bytes(32), SCHEMA)
 
 
+def test_a_gradient_is_signed_for_its_receiver_and_verifies_nowhere_else():
+    topo = Topology("grad-test", sizes=(6, 4, 3), shards=(2, 1), batch_size=8, micro_batches=2).with_key(KEY)
+    grad = np.ones((4, 2), dtype="<f4")  # layer 1's two neurons own 2 rows each: the same shape for both
+    body = codec.encode(codec.GRAD, topo.run_tag, 1, 7, micro=1, source=(2, 0), array=grad, key=KEY, to=(1, 0))
+    np.testing.assert_array_equal(codec.decode(body, topo.schema_for(1, 0)).array, grad)
+    with pytest.raises(BadSignature, match="for this receiver"):  # a copy put into the other neuron's queue
+        codec.decode(body, topo.schema_for(1, 1))
+    with pytest.raises(ValueError, match="give `to`"):
+        codec.encode(codec.GRAD, topo.run_tag, 1, 7, source=(2, 0), array=grad, key=KEY)
+    with pytest.raises(ValueError, match="every receiver alike"):
+        codec.encode(codec.ACT, topo.run_tag, 1, 7, source=(1, 0), array=grad, key=KEY, to=(2, 0))
+
+
 def test_short_keys_are_refused():
     with pytest.raises(ValueError):
         codec.encode(codec.CONTROL, TOPO.run_tag, 1, 0, data={"op": "stop"}, key=b"short")

@@ -55,7 +55,7 @@ def _hostile(topo: Topology, generation: int) -> list[bytes]:
         encode(codec.ACT, other.run_tag, generation, 9, source=(0, 0), nmicro=2, array=good),  # other run
         encode(codec.ACT, tag, generation, 10 ** 9, source=(0, 0), nmicro=2, array=good),  # far future
         encode(codec.CONTROL, tag, generation, 0, data={"op": "explode"}),
-        encode(codec.GRAD, tag, generation, 9, source=(2, 0), array=np.zeros((20, 8))),  # grad before forward
+        encode(codec.GRAD, tag, generation, 9, source=(2, 0), array=np.zeros((20, 8)), to=(1, 0)),  # grad before forward
         # well-formed and plausible, but not signed with the run's key: the next steps' inputs, a stop
         forged(codec.ACT, tag, generation, 5, source=(0, 0), nmicro=2, array=np.ones((20, 784))),
         forged(codec.CONTROL, tag, generation, 0, data={"op": "stop", "generation": generation}),

@@ -123,7 +123,8 @@ def test_missing_broker_driver_gives_a_hint_that_works(monkeypatch):
     import broker
 
     monkeypatch.setitem(sys.modules, "pika", None)
-    monkeypatch.delitem(sys.modules, "broker.rabbitmq", raising=False)
+    for name in [m for m in sys.modules if m == "broker.rabbitmq" or m.startswith("broker.rabbitmq.")]:
+        monkeypatch.delitem(sys.modules, name)  # the backend package and its modules, imported afresh
     with pytest.raises(broker.MissingExtra) as info:
         broker.connect("amqp://localhost:5672/%2F")
     assert "pip install pika (or, in the Cuttlefish checkout, pip install -e '.[rabbitmq]')" in str(info.value)
