@@ -30,7 +30,7 @@ class CheckpointEntry:
                    info if isinstance(info, dict) else {})
 
 
-_OPTIONAL = ("generation", "status", "topology", "schedule", "test_accuracy")
+_OPTIONAL = ("generation", "status", "topology", "schedule", "test_accuracy", "max_neurons")
 RESERVED = frozenset({"run", "latest", "checkpoints"})  # fields only commit() and prune() change
 
 
@@ -50,6 +50,7 @@ class Manifest(Mapping):
     topology: Mapping[str, Any] | None = None  # Topology.to_dict() of the current split
     schedule: Mapping[str, Any] | None = None  # the sample schedule a resume must match
     test_accuracy: float | None = None
+    max_neurons: int | None = None  # the config's limit on the run's neurons, which rescales keep to
     rescales: tuple[Rescale, ...] = ()  # every rescale, carried out or refused
     extra: Mapping[str, Any] = field(default_factory=dict)  # fields this version does not know, kept as they are
 

@@ -170,15 +170,22 @@ def _driver_gone(store, run_id: str) -> str | None:
     return f"its driver's lease expired {late:.0f} s ago" if late > 0 else None
 
 
-def _check_limit(wanted: Topology, args: argparse.Namespace) -> None:
-    """ConfigError (exit 2) if the split `scale` asks for has more neurons than the run's config allows."""
-    # the manifest does not hold the limit: the config's, else the default (fail closed, saying so)
-    limit = load_config(args.config).network.max_neurons if args.config else MAX_NEURONS
+def _check_limit(wanted: Topology, args: argparse.Namespace, stored: object) -> None:
+    """ConfigError (exit 2) if the split `scale` asks for has more neurons than the run's config allows.
+
+    The limit is the config's when one is given, else the one the run's driver recorded in the manifest
+    (`stored`), else the default (fail closed, saying so).
+    """
+    if args.config:
+        limit, source = load_config(args.config).network.max_neurons, f"neural_network.max_neurons of {args.config}"
+    elif isinstance(stored, int) and not isinstance(stored, bool) and stored >= 1:
+        limit, source = stored, "the run's neural_network.max_neurons, as its manifest records it"
+    else:
+        limit, source = MAX_NEURONS, ("the default neural_network.max_neurons; give the run's config if it sets "
+                                      "another")
     try:
         check_neuron_limit(wanted, limit, args.layer)
     except ValueError as exc:
-        source = (f"neural_network.max_neurons of {args.config}" if args.config else
-                  "the default neural_network.max_neurons; give the run's config if it sets another")
         raise ConfigError("--shards", f"{exc} ({source})") from None
 
 
@@ -198,7 +205,7 @@ def cmd_scale(args: argparse.Namespace) -> int:
             wanted = topo.with_shards(args.layer, args.shards)
         except ValueError as exc:
             raise ConfigError("--shards", str(exc)) from None
-        _check_limit(wanted, args)
+        _check_limit(wanted, args, manifest.max_neurons)
         if args.target == "compose" and not args.config:
             raise ConfigError("scale", "--target compose needs the config the compose file was made from")
         gone = _driver_gone(store, run_id)

@@ -311,7 +311,7 @@ class Driver:
         t0 = time.monotonic()
         runtime = self.runtime
         new = rescale.resolve(self.checkpoints.record, self.topo, request,
-                              can_replace=runtime is not None and runtime.can_replace)
+                              can_replace=runtime is not None and runtime.can_replace, limit=self.options.max_neurons)
         if new is None or runtime is None:
             return
         old, layer = self.topo, request.layer

@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+from orchestrator.config.schema import MAX_NEURONS
+
 
 @dataclass
 class DriverOptions:
@@ -14,5 +16,6 @@ class DriverOptions:
     stall_timeout: float = 120.0  # seconds without any message before the run is declared stuck
     max_recoveries: int = 50  # new generations after lost neurons before the run gives up
     keep_checkpoints: int = 2
+    max_neurons: int = MAX_NEURONS  # a scale request for more neurons than this in all is refused
     on_step: Callable[[int, float, int], None] | None = None  # (step, loss, samples)
     on_epoch: Callable[[int, float], None] | None = None  # (epoch, test accuracy)

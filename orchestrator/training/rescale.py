@@ -32,12 +32,18 @@ def check_neuron_limit(topo: Topology, limit: int, layer: int) -> None:
     raise ValueError(f"{total} neurons exceed the limit of {limit} per run{fits}")
 
 
-def resolve(record: RunRecord, topo: Topology, request: ScaleRequest, *, can_replace: bool) -> Topology | None:
-    """The topology the request asks for, or None (recorded as refused in the manifest) if it cannot be."""
+def resolve(record: RunRecord, topo: Topology, request: ScaleRequest, *, can_replace: bool,
+            limit: int) -> Topology | None:
+    """The topology the request asks for, or None (recorded as refused in the manifest) if it cannot be.
+
+    `limit` is the run's neurons at most: `scale` checks it too, but a request may come from elsewhere.
+    """
     try:
         if not can_replace:
             raise ValueError("this deployment cannot replace neurons (rescale runs on --target local or compose)")
-        return topo.with_shards(request.layer, request.shards)
+        new = topo.with_shards(request.layer, request.shards)
+        check_neuron_limit(new, limit, request.layer)
+        return new
     except ValueError as exc:
         record.add_rescale(Rescale(request, refused=str(exc)))
         record.clear_scale_request()

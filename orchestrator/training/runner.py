@@ -80,7 +80,8 @@ def train_run(
     check_fits(config.network.num_inputs, config.network.num_classes, training=train, test=test)
     schedule = make_schedule(config, len(train), max_steps)
     topo = build_plan(config, run_id, schedule.steps_per_epoch)
-    options = dataclasses.replace(options or DriverOptions(), checkpoint_every=config.training.checkpoint_every)
+    options = dataclasses.replace(options or DriverOptions(), checkpoint_every=config.training.checkpoint_every,
+                                  max_neurons=config.network.max_neurons)
     if options.stall_timeout == DriverOptions.stall_timeout:  # an explicit option wins over the config
         options = dataclasses.replace(options, stall_timeout=config.training.stall_timeout)
     own_broker, own_store = broker is None, store is None
@@ -123,7 +124,7 @@ def train_run(
             params = initial or init_params(topo.sizes, topo.activation, tr.dtype, tr.seed)
             driver.initialize(params, {"step": 0, "epoch": 0})
         checkpoints.update_manifest(generation=generation, status="running", topology=topo.to_dict(),
-                                    schedule=dataclasses.asdict(schedule))
+                                    schedule=dataclasses.asdict(schedule), max_neurons=config.network.max_neurons)
         with runtime:
             if on_actors is not None:
                 on_actors(runtime)

@@ -129,6 +129,8 @@ def test_scale_of_a_finished_run_says_so_at_once(tmp_path, mnist_dir, capsys):
     assert main(["scale", "--store", store, "--run-id", "r1", "--layer", "1", "--shards", "2", "--wait", "300"]) == 2
     assert time.monotonic() - started < 30
     assert "run r1 is not running (status 'done')" in capsys.readouterr().err
+    with open_store(store) as opened:  # the driver recorded its config's limit for later `scale` commands
+        assert RunRecord(opened, "r1").manifest().max_neurons == 256
 
 
 def test_scale_of_a_run_whose_driver_is_gone_says_so_at_once(tmp_path, mnist_dir, capsys):
@@ -142,22 +144,23 @@ def test_scale_of_a_run_whose_driver_is_gone_says_so_at_once(tmp_path, mnist_dir
     assert "run r1 is not being trained: its driver stopped" in err and "asked run" not in err
 
 
-def _running_run(tmp_path, sizes, shards) -> str:
+def _running_run(tmp_path, sizes, shards, **fields) -> str:
     """A store holding run r1 as a live driver leaves it: running, its split in the manifest, its lease held."""
     store = f"file://{tmp_path}/store"
     with open_store(store) as opened:
         lease = Lease(opened, "r1", ttl=300)
         lease.acquire()  # not renewed: it just stays valid for the test's few seconds
-        RunRecord(opened, "r1").create(status="running", topology=Topology("r1", sizes, shards).to_dict())
+        RunRecord(opened, "r1").create(status="running", topology=Topology("r1", sizes, shards).to_dict(), **fields)
     return store
 
 
-@pytest.mark.parametrize("config, limit, source", [
-    (None, 256, "the default neural_network.max_neurons; give the run's config if it sets another"),
-    ("max_neurons: 40", 40, "neural_network.max_neurons of"),
+@pytest.mark.parametrize("config, recorded, limit, source", [
+    (None, None, 256, "the default neural_network.max_neurons; give the run's config if it sets another"),
+    (None, 30, 30, "the run's neural_network.max_neurons, as its manifest records it"),
+    ("max_neurons: 40", 30, 40, "neural_network.max_neurons of"),
 ])
-def test_scale_beyond_the_neuron_limit_is_refused_before_asking(tmp_path, capsys, config, limit, source):
-    store = _running_run(tmp_path, (784, 300, 10), (2, 1))
+def test_scale_beyond_the_neuron_limit_is_refused_before_asking(tmp_path, capsys, config, recorded, limit, source):
+    store = _running_run(tmp_path, (784, 300, 10), (2, 1), **({"max_neurons": recorded} if recorded else {}))
     argv = ["scale", "--store", store, "--run-id", "r1", "--layer", "1", "--shards", "290", "--wait", "1"]
     if config:
         path = tmp_path / "net.yaml"
@@ -177,3 +180,20 @@ def test_the_neurons_refuse_an_unknown_log_level_too(monkeypatch, capsys):
     monkeypatch.setenv("CUTTLEFISH_LOG_LEVEL", "loud")
     assert neuron_main(["--layer", "1", "--run-id", "r1", "--store", "memory://", "--broker", "memory://"]) == 2
     assert "unknown log level 'loud'" in capsys.readouterr().err
+
+
+def test_the_driver_refuses_a_stored_request_beyond_the_neuron_limit(tmp_path):
+    from orchestrator.training import rescale
+    from paramstore.manifest import ScaleRequest
+
+    with open_store(_running_run(tmp_path, (784, 300, 10), (2, 1), max_neurons=5)) as opened:
+        record = RunRecord(opened, "r1")
+        topo = Topology.from_dict(dict(record.manifest().topology))
+        request_id = record.request_scale(1, 5)  # written to the store by hand, past `scale`'s own check
+        request = record.scale_request()
+        assert request is not None and request.id == request_id
+        assert rescale.resolve(record, topo, request, can_replace=True, limit=5) is None
+        [entry] = record.manifest().rescales
+        assert entry.refused == "6 neurons exceed the limit of 5 per run; layer 1 can have at most 4"
+        assert record.scale_request() is None
+        assert rescale.resolve(record, topo, ScaleRequest("x", 1, 3, 0.0), can_replace=True, limit=5).shards == (3, 1)
