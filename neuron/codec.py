@@ -121,8 +121,14 @@ def encode(
 
     A GRAD is signed for its one receiver `to` (layer, index); other kinds take no `to`.
     """
-    mac = hmac.new(check_key(key), digestmod=hashlib.sha256)
-    mac.update(_receiver_prefix(kind, to))
+    return _encode(kind, run_tag, generation, step, micro, nmicro, source, flags, array, data, key,
+                   _receiver_prefix(kind, to))
+
+
+def _encode(kind: int, run_tag: int, generation: int, step: int, micro: int, nmicro: int, source: tuple[int, int],
+            flags: int, array: np.ndarray | None, data: Mapping | None, key: bytes, prefix: bytes) -> bytes:
+    """encode() with the receiver prefix of the MAC already worked out."""
+    mac = hmac.new(check_key(key), prefix, digestmod=hashlib.sha256)
     if kind in JSON_KINDS:
         payload = json.dumps(data, separators=(",", ":"), allow_nan=False).encode()
         head = HEADER.pack(MAGIC, VERSION, kind, flags, JSON_DTYPE, 0, run_tag, generation, step, micro, nmicro, *source)
@@ -153,14 +159,14 @@ def outgoing(kind: int, run_tag: int, generation: int, step: int, *, micro: int 
     """
     if (array is None) == (data is None):
         raise ValueError("an outgoing message carries either an array or a JSON object")
-    _receiver_prefix(kind, to)  # a missing or needless receiver is the sender's error, found now
+    prefix = _receiver_prefix(kind, to)  # a missing or needless receiver is the sender's error, found now
     message = Message(kind, run_tag, generation, step, micro, nmicro, source[0], source[1], flags,
                       array=None if array is None else np.ascontiguousarray(array),
                       data=None if data is None else dict(data))
 
     def body() -> bytes:
-        return encode(kind, run_tag, generation, step, micro=micro, nmicro=nmicro, source=source, flags=flags,
-                      array=message.array, data=message.data, key=key, to=to)
+        return _encode(kind, run_tag, generation, step, micro, nmicro, source, flags, message.array, message.data,
+                       key, prefix)
     return message, body
 
 
@@ -210,9 +216,13 @@ def decode(body: bytes | memoryview, schema: Schema) -> Message:
     signed = memoryview(body)[:-MAC_SIZE]
     if len(schema.key) < MIN_KEY_BYTES:  # an empty key would be one anybody can sign with
         raise BadSignature("this receiver holds no key of the run")
-    mac = hmac.new(schema.key, RECEIVER.pack(*schema.receiver) if kind == GRAD else b"", "sha256")
-    mac.update(signed)
-    if not hmac.compare_digest(mac.digest(), body[-MAC_SIZE:]):
+    if kind == GRAD:  # signed for its receiver too; the prefix is not sent, so no copy of the body is made
+        mac = hmac.new(schema.key, RECEIVER.pack(*schema.receiver), "sha256")
+        mac.update(signed)
+        digest = mac.digest()
+    else:
+        digest = hmac.digest(schema.key, signed, "sha256")  # one-shot: the cheaper path for most messages
+    if not hmac.compare_digest(digest, body[-MAC_SIZE:]):
         raise BadSignature("message without a valid signature of this run" +
                            (" for this receiver" if kind == GRAD else ""))
     body = signed  # from here on, only the signed bytes
