@@ -230,7 +230,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             if args.save_model:  # a driver killed after finishing but before saving still leaves the model
                 with open_store(config.paramstore) as store:
                     params = Checkpoints(store, run_id).read_model(state.latest, len(config.network.sizes) - 1)
-                _save_model(args.save_model, params, config, args.config,
+                _save_model(args.save_model, params, config, args.config, steps=state.latest,
                             test_accuracy=state.test_accuracy)
             if state.test_accuracy is not None:
                 print(f"test accuracy: {state.test_accuracy:.4f}")
@@ -256,7 +256,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         result = train_run(config, train, test, run_id=run_id, max_steps=args.max_steps, resume=resume,
                            initial=initial, options=options, target=args.target)
     if args.save_model:
-        _save_model(args.save_model, result.params, config, args.config, steps=result.steps,
+        # the steps the model has been trained, not only those of this driver (a resumed run starts late)
+        _save_model(args.save_model, result.params, config, args.config, steps=schedule.total_steps,
                     test_accuracy=result.test_accuracy)
     if args.plot:
         title = f"run {run_id}: {'-'.join(map(str, config.network.sizes))}, {config.network.activation}"
