@@ -18,7 +18,8 @@ import pika.exceptions as pex
 from broker.base import Broker, Delivery, dead_letter_body
 from broker.errors import BrokerClosed, BrokerError, QueueNotDeclared
 from broker.rabbitmq.acks import AckBatch
-from broker.rabbitmq.connection import IO_TICK, READ_BYTES, STOP, ServicedConnection, first_waiting
+from broker.rabbitmq.connection import IO_TICK, STOP, ServicedConnection, first_waiting
+from broker.rabbitmq.transport import READ_BYTES
 from broker.schemes import redact_url
 
 log = logging.getLogger(__name__)

@@ -23,6 +23,7 @@ import pika
 import pika.exceptions as pex
 
 from broker.errors import BrokerClosed, BrokerError, BrokerUnavailable, QueueNotDeclared
+from broker.rabbitmq import transport
 from broker.schemes import redact_url
 
 log = logging.getLogger(__name__)
@@ -30,8 +31,6 @@ log = logging.getLogger(__name__)
 # connection-level failures after which the I/O thread reconnects
 CONNECTION_ERRORS = (pex.AMQPConnectionError, pex.ConnectionClosed, pex.StreamLostError, OSError)
 STOP = object()  # put into every inbox when the connection is gone for good
-# pika reads its socket 4 KiB per recv(); a 128 KB body then took ~3x as long to arrive (bench/pingpong.py)
-READ_BYTES = 1 << 20
 IO_TICK = 0.2  # seconds between the I/O thread's services of a connection no caller is using
 PUMP_SLICE = 0.05  # longest a waiting caller keeps the connection before letting others at it
 
@@ -57,6 +56,7 @@ class ServicedConnection(abc.ABC):
         self._channel: Any = None
         self._decl_channel: Any = None
         self._epoch = 0
+        self.transport_tweaks: dict[str, bool] = {}  # which of transport.py's tweaks the connection took
         self._alarm: str | None = None
         self._error: BrokerError | None = None
         self._closed = False
@@ -81,7 +81,7 @@ class ServicedConnection(abc.ABC):
         while not self._closed:
             try:
                 self._conn = pika.BlockingConnection(self._params)
-                read_in_large_chunks(self._conn, self._read_bytes)
+                self.transport_tweaks = transport.tune(self._conn, self._read_bytes)
                 self._conn.add_on_connection_blocked_callback(self._on_blocked)
                 self._conn.add_on_connection_unblocked_callback(self._on_unblocked)
                 self._channel = self._conn.channel()
@@ -311,10 +311,3 @@ def first_waiting(inboxes: list):
         except _queue.Empty:
             pass
     return None
-
-
-def read_in_large_chunks(conn: pika.BlockingConnection, size: int) -> None:
-    """Have this connection's transport read up to `size` bytes per recv() (pika's default is 4 KiB)."""
-    transport = getattr(getattr(conn, "_impl", None), "_transport", None)
-    if transport is not None and hasattr(transport, "_MAX_RECV_BYTES"):
-        transport._MAX_RECV_BYTES = size  # an instance attribute: pika's class and other connections keep theirs

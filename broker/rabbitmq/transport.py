@@ -1,0 +1,87 @@
+"""pika's socket transport, tuned for large bodies: big reads, and each message written in one gathered send.
+
+Stock pika reads 4 KiB per recv(), copies a body twice while framing it (a slice per frame, then the
+frame's bytes) and writes every frame with a send() of its own (four for a 128 KB body). Over a plaintext
+connection the frames of a message here are memoryviews of the body and go out in one sendmsg(); TLS
+keeps pika's own writer (an SSL socket has no sendmsg). Each tweak is applied only where the pika in use
+has the internals it relies on; otherwise that connection keeps pika's behaviour.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import struct
+from typing import Any
+
+from pika import frame, spec
+
+# pika reads its socket 4 KiB per recv(); a 128 KB body then took ~3x as long to arrive (bench/pingpong.py)
+READ_BYTES = 1 << 20
+_FRAME_HEAD = struct.Struct(">BHI")  # frame type, channel, payload size: AMQP 0-9-1 section 4.2.3
+_FRAME_END = bytes((spec.FRAME_END,))
+_MAX_IOV = 512  # buffers per sendmsg(); Linux takes up to 1024
+
+
+def tune(conn: Any, read_bytes: int = READ_BYTES) -> dict[str, bool]:
+    """Apply the tweaks to the BlockingConnection `conn`; says which ones took (for tests and logs)."""
+    impl: Any = getattr(conn, "_impl", None)
+    transport: Any = getattr(impl, "_transport", None)
+    done = {"large_reads": False, "gathered_writes": False, "zero_copy_frames": False}
+    if transport is not None and hasattr(transport, "_MAX_RECV_BYTES"):
+        transport._MAX_RECV_BYTES = read_bytes  # an instance attribute: pika's class and other connections keep theirs
+        done["large_reads"] = True
+    if _can_gather(transport):
+        transport._produce = _gathered_producer(transport)
+        done["gathered_writes"] = True
+        if all(hasattr(impl, name) for name in ("_send_message", "_body_max_length", "_adapter_emit_data",
+                                                "bytes_sent", "frames_sent")):
+            impl._send_message = _frame_sender(impl)
+            done["zero_copy_frames"] = True
+    return done
+
+
+def _can_gather(transport: Any) -> bool:
+    # the plaintext transport only: its socket is a plain socket, and _produce is what writes it
+    sock = getattr(transport, "_sock", None)
+    return (type(transport).__name__ == "_AsyncPlaintextTransport" and hasattr(sock, "sendmsg")
+            and hasattr(transport, "_tx_buffers") and hasattr(transport, "_tx_buffered_byte_count"))
+
+
+def _gathered_producer(transport: Any):
+    """A replacement of the transport's _produce: everything buffered goes out in as few sendmsg() as the socket takes."""
+    sock, buffers = transport._sock, transport._tx_buffers
+
+    def produce() -> None:
+        # as pika's own: send until the buffers are empty or the socket would block (BlockingIOError,
+        # which pika's caller takes as "wait until writable"); a partial send leaves the rest queued
+        while buffers:
+            sent = sock.sendmsg(list(itertools.islice(buffers, 0, _MAX_IOV)))
+            transport._tx_buffered_byte_count -= sent
+            while sent:
+                first = buffers[0]
+                if sent < len(first):
+                    buffers[0] = memoryview(first)[sent:]
+                    break
+                buffers.popleft()
+                sent -= len(first)
+    return produce
+
+
+def _frame_sender(impl: Any):
+    """A replacement of the connection's _send_message whose body frames are views of the body, not copies."""
+
+    def send_message(channel_number: int, method: Any, content: tuple) -> None:
+        properties, body = content
+        length = len(body)
+        # marshalled first, as pika does, so a marshalling error sends nothing
+        pieces: list = [frame.Method(channel_number, method).marshal(),
+                        frame.Header(channel_number, length, properties).marshal()]
+        view, size = memoryview(body), impl._body_max_length
+        for n in range(math.ceil(length / size)):
+            chunk = view[n * size:(n + 1) * size]
+            pieces += (_FRAME_HEAD.pack(spec.FRAME_BODY, channel_number, len(chunk)), chunk, _FRAME_END)
+        for piece in pieces:
+            impl._adapter_emit_data(piece)
+        impl.bytes_sent += sum(len(piece) for piece in pieces)
+        impl.frames_sent += 2 + math.ceil(length / size)
+    return send_message
