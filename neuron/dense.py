@@ -77,7 +77,10 @@ class DenseNeuron(Actor):
             raise ProtocolError(f"a neuron takes no {protocol.KINDS[msg.kind]} messages")
         if parts and next(iter(parts.values())).shape[0] != rows:
             raise ProtocolError(f"{protocol.KINDS[msg.kind]} part of {rows} rows disagrees with its siblings")
-        parts[msg.src_index] = msg.values
+        values = msg.values
+        if values.dtype == codec.PIXELS:  # the driver's raw pixels (layer 1 only), scaled now: off the step's critical path
+            values = scale_pixels(values, self.topo.np_dtype)  # (n, f)
+        parts[msg.src_index] = values
 
     def _check_step_meta(self, msg: codec.Message) -> None:
         meta = (msg.nmicro, msg.flags & protocol.CHECKPOINT)
@@ -107,8 +110,6 @@ class DenseNeuron(Actor):
     def _forward(self, key: tuple[int, int, int], parts: dict[int, np.ndarray]) -> None:
         evaluating, step, micro = key
         x = parts[0] if len(parts) == 1 else np.concatenate([parts[s] for s in range(len(parts))], axis=1)  # (n, f)
-        if x.dtype == codec.PIXELS:  # the driver's raw pixels (layer 1 only)
-            x = scale_pixels(x, self.topo.np_dtype)  # (n, f)
         z, a = dense_forward(x, self.params["W"], self.params["b"], self.activation)  # (n, u), (n, u)
         _check_finite(a, self.name, "activations", step)
         if evaluating:
