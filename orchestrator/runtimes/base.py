@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import ClassVar
 
-from broker.base import Broker
+from broker.base import Broker, Delivery
 from neuron.topology import Topology
 from paramstore.checkpoint import Checkpoints
 
@@ -42,6 +42,10 @@ class Runtime(ABC):
     @abstractmethod
     def stop(self) -> None:
         """Stop what start() started; the driver has already told the actors to exit."""
+
+    def wait_for(self, broker: Broker, queue: str, timeout: float) -> Delivery | None:
+        """The driver's next delivery of `queue`; a runtime whose actors share the driver's thread runs them meanwhile."""
+        return broker.get(queue, timeout=timeout)
 
     def replace_layer(self, topo: Topology, layer: int) -> None:
         """Replace the neurons of `layer` by the set `topo` splits it into; only where can_replace is true."""

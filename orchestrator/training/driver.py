@@ -169,7 +169,8 @@ class Driver:
             self._reconnects = self.broker.reconnects
             # messages in flight went with the connection: replay now rather than wait for a stall
             raise NeuronLost("the broker connection was lost and is back")
-        delivery = self.broker.get(self.queue, timeout=timeout)
+        delivery = (self.broker.get(self.queue, timeout=timeout) if self.runtime is None
+                    else self.runtime.wait_for(self.broker, self.queue, timeout))
         # on a clock, not only when the queue is empty: a flood of forged messages must not keep dead
         # neurons from being noticed or a stall from being seen (only authentic messages count as life)
         now = time.monotonic()
