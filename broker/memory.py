@@ -68,6 +68,13 @@ class MemoryBroker(Broker):
     def get_any(self, queues, timeout: float | None = None) -> Delivery | None:
         """Take the next message of any of `queues` (the first non-empty in their order)."""
         found = [self._queue(name) for name in queues]
+        if timeout == 0:  # a look, not a wait: no doorbell needed
+            for q in found:
+                try:
+                    return q.get_nowait()
+                except _queue.Empty:
+                    pass
+            return None
         deadline = None if timeout is None else time.monotonic() + timeout
         bell: _queue.SimpleQueue[None] = _queue.SimpleQueue()
         with self._lock:

@@ -28,7 +28,7 @@ says "hello" when it comes up, and "failed" when it cannot go on.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Mapping, NamedTuple, TypeGuard, Union
 
 from neuron.errors import ProtocolError
@@ -227,7 +227,8 @@ Report = Union[Hello, Ready, Loss, Saved, Failed]
 
 def report_data(report: Report) -> dict:
     """The JSON object of a REPORT message."""
-    return {"event": report.event, **asdict(report)}
+    # field by field, not asdict: that deep-copies, and a report is sent once a step (its values are not mutated)
+    return {"event": report.event, **{f.name: getattr(report, f.name) for f in fields(report)}}
 
 
 def parse_report(data: Mapping) -> Report | None:
