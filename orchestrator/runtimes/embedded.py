@@ -92,7 +92,7 @@ class EmbeddedActors(Runtime):
             name, exc = self._crashed
             raise TrainingError(f"neuron {name} crashed: {type(exc).__name__}: {exc}")
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self) -> None:
         """Nothing runs between the driver's waits: nothing to stop."""
 
     def stats(self) -> dict[str, dict]:

@@ -129,3 +129,24 @@ def test_a_neuron_that_cannot_load_ends_the_run_with_a_clear_error(small_mnist, 
     with pytest.raises(TrainingError, match="L2"):
         train_run(config, train, test, run_id="broken", max_steps=20, resume=True, store=store,
                   options=DriverOptions(stall_timeout=20))
+
+
+def test_a_neuron_that_crashes_mid_run_ends_the_embedded_run_at_once(small_mnist, monkeypatch):
+    """The actors run on the driver's thread: a crash is reported as the neuron's, not felt as a stall."""
+    import time
+
+    from neuron.dense import DenseNeuron
+    from orchestrator.errors import TrainingError
+
+    train, test = small_mnist
+    forward = DenseNeuron._forward
+
+    def failing(self, key, parts):
+        if self.name == "L2.1" and key[1] == 4:
+            raise RuntimeError("kernel fault")
+        return forward(self, key, parts)
+    monkeypatch.setattr(DenseNeuron, "_forward", failing)
+    t0 = time.monotonic()
+    with pytest.raises(TrainingError, match=r"L2\.1.*kernel fault"):
+        train_run(_config(), train, test, run_id="crash", max_steps=STEPS, options=DriverOptions(stall_timeout=60))
+    assert time.monotonic() - t0 < 20
