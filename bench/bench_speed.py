@@ -254,6 +254,22 @@ def markdown(out: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def service_urls(stack: contextlib.ExitStack, amqp: str | None, redis_url: str | None):
+    """(amqp URL, redis URL, RabbitMQ's container or None): the URLs given, else containers started in `stack`."""
+    rabbit_box = None
+    if not (amqp and redis_url):
+        from tests import services
+
+        # by the containers' own addresses, as neurons on a compose network reach them (no docker-proxy)
+        if not amqp:
+            amqp, rabbit_box = stack.enter_context(services.rabbitmq())
+            amqp = services.direct(amqp, rabbit_box, 5672)
+        if not redis_url:
+            redis_url, redis_box = stack.enter_context(services.redis())
+            redis_url = services.direct(redis_url, redis_box, 6379)
+    return amqp, redis_url, rabbit_box
+
+
 def main(argv=None) -> int:
     """Run the selected sections against one RabbitMQ and one Redis; write JSON and Markdown."""
     p = argparse.ArgumentParser()
@@ -275,16 +291,8 @@ def main(argv=None) -> int:
                        "load_before": os.getloadavg()}}
     with contextlib.ExitStack() as stack:
         amqp, redis_url, rabbit_box = args.amqp, args.redis, None
-        if not args.no_services and not (amqp and redis_url):
-            from tests import services
-
-            # by the containers' own addresses, as neurons on a compose network reach them (no docker-proxy)
-            if not amqp:
-                amqp, rabbit_box = stack.enter_context(services.rabbitmq())
-                amqp = services.direct(amqp, rabbit_box, 5672)
-            if not redis_url:
-                redis_url, redis_box = stack.enter_context(services.redis())
-                redis_url = services.direct(redis_url, redis_box, 6379)
+        if not args.no_services:
+            amqp, redis_url, rabbit_box = service_urls(stack, amqp, redis_url)
         if args.no_services:
             amqp = redis_url = None
         container = rabbit_box.get_wrapped_container() if rabbit_box is not None else None
