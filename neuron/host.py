@@ -9,7 +9,7 @@ from __future__ import annotations
 import collections
 import logging
 import threading
-from typing import Callable, Iterable
+from typing import Iterable
 
 from broker.base import Broker, Delivery, HandedDelivery
 from neuron.actor import Actor
@@ -114,27 +114,36 @@ class Colocated(Broker):
         """The broker belongs to whoever opened it: nothing to close here."""
 
 
-def run_together(actors: list[Actor], router: Colocated, stop: threading.Event | None = None,
-                 poll: float = 0.2, on_crash: Callable[[Actor], None] | None = None) -> None:
-    """Handle the messages of `actors` (built on `router`) on this thread until each is told to stop.
+class Together:
+    """The actors of one thread and their router: the next delivery for any of them, and whose it is."""
 
-    An exception from an actor ends the loop; `on_crash(actor)` is told which one raised it first.
-    """
-    by_queue = {actor.queue: actor for actor in actors}
-    reconnects = router.reconnects
+    def __init__(self, actors: list[Actor], router: Colocated) -> None:
+        self.actors, self.router = actors, router
+        self._by_queue = {actor.queue: actor for actor in actors}
+        self._reconnects = router.reconnects
+
+    def next(self, timeout: float | None) -> Delivery | None:
+        """The next delivery for any of the actors, waiting up to `timeout` seconds."""
+        delivery = self.router.next(timeout)
+        if self.router.reconnects != self._reconnects:  # what they sent may be gone: the driver replays at once
+            self._reconnects = self.router.reconnects
+            self.actors[0].announce_reconnect()
+        return delivery
+
+    def actor_of(self, delivery: Delivery) -> Actor | None:
+        """The actor `delivery` is for; None if it has stopped (its leftovers stay unsettled, as a stopped process leaves them)."""
+        actor = self._by_queue[delivery.queue]
+        return actor if actor.running else None
+
+
+def run_together(actors: list[Actor], router: Colocated, stop: threading.Event | None = None,
+                 poll: float = 0.2) -> None:
+    """Handle the messages of `actors` (built on `router`) on this thread until each is told to stop; an actor's exception ends it."""
+    together = Together(actors, router)
     while any(actor.running for actor in actors) and not (stop is not None and stop.is_set()):
-        delivery = router.next(poll)
-        if router.reconnects != reconnects:  # what they sent may be gone: the driver replays at once
-            reconnects = router.reconnects
-            actors[0].announce_reconnect()
+        delivery = together.next(poll)
         if delivery is None:
             continue
-        actor = by_queue[delivery.queue]
-        if not actor.running:  # a stopped actor's leftovers stay unsettled, as a stopped process leaves them
-            continue
-        try:
+        actor = together.actor_of(delivery)
+        if actor is not None:
             actor.handle(delivery)
-        except Exception:
-            if on_crash is not None:
-                on_crash(actor)
-            raise

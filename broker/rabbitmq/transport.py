@@ -77,11 +77,12 @@ def _frame_sender(impl: Any):
         pieces: list = [frame.Method(channel_number, method).marshal(),
                         frame.Header(channel_number, length, properties).marshal()]
         view, size = memoryview(body), impl._body_max_length
-        for n in range(math.ceil(length / size)):
+        chunks = math.ceil(length / size)
+        for n in range(chunks):
             chunk = view[n * size:(n + 1) * size]
             pieces += (_FRAME_HEAD.pack(spec.FRAME_BODY, channel_number, len(chunk)), chunk, _FRAME_END)
         for piece in pieces:
             impl._adapter_emit_data(piece)
-        impl.bytes_sent += sum(len(piece) for piece in pieces)
-        impl.frames_sent += 2 + math.ceil(length / size)
+            impl.bytes_sent += len(piece)
+        impl.frames_sent += 2 + chunks
     return send_message

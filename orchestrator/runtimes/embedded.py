@@ -17,7 +17,7 @@ from broker.base import Broker, Delivery
 from neuron.actor import Actor
 from neuron.dense import DenseNeuron
 from neuron.head import LossHead
-from neuron.host import Colocated
+from neuron.host import Colocated, Together
 from neuron.role import HEAD_LAYER
 from neuron.topology import Topology
 from orchestrator.errors import TrainingError
@@ -38,8 +38,7 @@ class EmbeddedActors(Runtime):
         self.actors: list[Actor] = [DenseNeuron(topo, layer, index, self.router, checkpoints)
                                     for layer, index in topo.neurons()]
         self.actors.append(LossHead(topo, self.router))
-        self._by_queue = {actor.queue: actor for actor in self.actors}
-        self._reconnects = self.router.reconnects
+        self._together = Together(self.actors, self.router)
         self._crashed: tuple[str, BaseException] | None = None
 
     @classmethod
@@ -57,7 +56,7 @@ class EmbeddedActors(Runtime):
             delivery = broker.get(queue, timeout=0)
             if delivery is not None or self._crashed is not None:
                 return delivery
-            work = self.router.next(0)
+            work = self._together.next(0)
             if work is None:
                 # the actors are idle: only the driver (or a stranger) can give them work, so wait on
                 # the driver's queue, looking at theirs again now and then
@@ -73,11 +72,8 @@ class EmbeddedActors(Runtime):
                 return None
 
     def _handle(self, delivery: Delivery) -> None:
-        if self.router.reconnects != self._reconnects:  # what they sent may be gone: the driver replays at once
-            self._reconnects = self.router.reconnects
-            self.actors[0].announce_reconnect()
-        actor = self._by_queue[delivery.queue]
-        if not actor.running:  # a stopped actor's leftovers stay unsettled, as a stopped process leaves them
+        actor = self._together.actor_of(delivery)
+        if actor is None:
             return
         try:
             actor.handle(delivery)
