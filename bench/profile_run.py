@@ -29,14 +29,16 @@ MAIN_RULES = [
     ("checkpoint/store", r"\((checkpoint|redis|store|lease|run)\.py"),
     ("waiting for a message", r"(poll \(select_connection\.py|wait \(threading\.py|get \(queue\.py|get \(memory\.py)[^;]*$"),
     ("reading deliveries (socket, frames)", r"(_consume|_on_data_available|decode_frame|_deliver_frame_to_channel|on_message|_dispatch_events)"),
-    ("publish and ack (socket writes)", r"(^|;)(publish|publish_many|publish_object|ack|reject|_submit|_settle|_flush_acks) \((rabbitmq|memory|host)\.py"),
+    # the socket writes of a publish include the kernel's TCP work for the broker's end (loopback, bridge)
+    ("publish and ack (pika framing, socket writes)",
+     r"(basic_publish|basic_ack|basic_reject|(produce|send_message) \(transport\.py)"),
     ("driver: batch preparation", r"(^|;)(pixels|indices|order) \((mnist|schedule)\.py"),
-    ("actor and driver bookkeeping", r"\((actor|dense|head|driver|host|rabbitmq|acks)\.py"),
+    ("actor and driver bookkeeping", r"\((actor|dense|head|driver|host|broker|connection|acks)\.py"),
 ]
 IO_RULES = [
     ("io: waiting", r"(poll \(select_connection\.py|wait \(threading\.py)[^;]*$"),
     ("io: reading deliveries", r"(_consume|_on_data_available|decode_frame|_on_deliver|_deliver_frame_to_channel|on_message)"),
-    ("io: operations for callers", r"_run_ops \(rabbitmq\.py"),
+    ("io: operations for callers", r"_run_ops \(connection\.py"),
     ("io: write", r"(_produce|send)"),
 ]
 

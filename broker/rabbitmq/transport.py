@@ -1,10 +1,12 @@
 """pika's socket transport, tuned for large bodies: big reads, and each message written in one gathered send.
 
 Stock pika reads 4 KiB per recv(), copies a body twice while framing it (a slice per frame, then the
-frame's bytes) and writes every frame with a send() of its own (four for a 128 KB body). Over a plaintext
-connection the frames of a message here are memoryviews of the body and go out in one sendmsg(); TLS
-keeps pika's own writer (an SSL socket has no sendmsg). Each tweak is applied only where the pika in use
-has the internals it relies on; otherwise that connection keeps pika's behaviour.
+frame's bytes), writes every frame with a send() of its own (four for a 128 KB body), and sends nothing
+until its I/O loop next finds the socket writable (an epoll change, a poll and another change per
+message). Over a plaintext connection the frames of a message here are memoryviews of the body and go
+out in one sendmsg(), at once when nothing else waits to be written; TLS keeps pika's own writer (an SSL
+socket has no sendmsg). Each tweak is applied only where the pika in use has the internals it relies on;
+otherwise that connection keeps pika's behaviour.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ def tune(conn: Any, read_bytes: int = READ_BYTES) -> dict[str, bool]:
     """Apply the tweaks to the BlockingConnection `conn`; says which ones took (for tests and logs)."""
     impl: Any = getattr(conn, "_impl", None)
     transport: Any = getattr(impl, "_transport", None)
-    done = {"large_reads": False, "gathered_writes": False, "zero_copy_frames": False}
+    done = {"large_reads": False, "gathered_writes": False, "zero_copy_frames": False, "eager_sends": False}
     if transport is not None and hasattr(transport, "_MAX_RECV_BYTES"):
         transport._MAX_RECV_BYTES = read_bytes  # an instance attribute: pika's class and other connections keep theirs
         done["large_reads"] = True
@@ -35,8 +37,10 @@ def tune(conn: Any, read_bytes: int = READ_BYTES) -> dict[str, bool]:
         done["gathered_writes"] = True
         if all(hasattr(impl, name) for name in ("_send_message", "_body_max_length", "_adapter_emit_data",
                                                 "bytes_sent", "frames_sent")):
-            impl._send_message = _frame_sender(impl)
+            eager = _can_send_eagerly(transport)
+            impl._send_message = _frame_sender(impl, transport if eager else None)
             done["zero_copy_frames"] = True
+            done["eager_sends"] = eager
     return done
 
 
@@ -67,8 +71,29 @@ def _gathered_producer(transport: Any):
     return produce
 
 
-def _frame_sender(impl: Any):
-    """A replacement of the connection's _send_message whose body frames are views of the body, not copies."""
+def _can_send_eagerly(transport: Any) -> bool:
+    # pika's invariant this relies on: a writer is registered exactly while _tx_buffers holds data
+    return all(hasattr(transport, name) for name in ("_state", "_STATE_ACTIVE", "_buffer_tx_data", "_nbio",
+                                                     "_on_socket_writable"))
+
+
+def _send_now(transport: Any, pieces: list) -> None:
+    """Buffer `pieces` and write them at once; what the socket does not take now is left to pika's writer."""
+    for piece in pieces:
+        transport._buffer_tx_data(piece)
+    try:
+        transport._produce()
+    except OSError:
+        pass  # would block, or failed: pika's writer sends the rest, or meets the error and aborts its way
+    if transport._tx_buffers:
+        transport._nbio.set_writer(transport._sock.fileno(), transport._on_socket_writable)
+
+
+def _frame_sender(impl: Any, transport: Any = None):
+    """A replacement of the connection's _send_message whose body frames are views of the body, not copies.
+
+    With `transport` (a gathering one), a message is written at once when nothing waits before it.
+    """
 
     def send_message(channel_number: int, method: Any, content: tuple) -> None:
         properties, body = content
@@ -81,8 +106,11 @@ def _frame_sender(impl: Any):
         for n in range(chunks):
             chunk = view[n * size:(n + 1) * size]
             pieces += (_FRAME_HEAD.pack(spec.FRAME_BODY, channel_number, len(chunk)), chunk, _FRAME_END)
+        impl.bytes_sent += sum(len(piece) for piece in pieces)
+        impl.frames_sent += 2 + chunks
+        if transport is not None and transport._state == transport._STATE_ACTIVE and not transport._tx_buffers:
+            _send_now(transport, pieces)  # no writer registered (nothing buffered): none to register or remove
+            return
         for piece in pieces:
             impl._adapter_emit_data(piece)
-            impl.bytes_sent += len(piece)
-        impl.frames_sent += 2 + chunks
     return send_message

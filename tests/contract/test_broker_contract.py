@@ -105,11 +105,12 @@ def test_large_bodies_round_trip(broker, names):
 
 
 def test_rabbitmq_connections_take_every_transport_tweak(amqp_url):
-    """Large reads, gathered writes and zero-copy frames (broker/rabbitmq/transport.py) on the pika in use."""
+    """Large reads, gathered writes, zero-copy frames and eager sends (broker/rabbitmq/transport.py) on the pika in use."""
     plain = not amqp_url.startswith("amqps://")  # TLS keeps pika's own writer
     b = connect(amqp_url)
     try:
-        assert b.transport_tweaks == {"large_reads": True, "gathered_writes": plain, "zero_copy_frames": plain}
+        assert b.transport_tweaks == {"large_reads": True, "gathered_writes": plain, "zero_copy_frames": plain,
+                                      "eager_sends": plain}
     finally:
         b.close()
 

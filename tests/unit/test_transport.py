@@ -101,4 +101,73 @@ def test_a_full_socket_raises_for_pika_to_wait_and_loses_nothing():
 def test_an_unknown_transport_is_left_as_pika_made_it():
     class Conn:
         _impl = None
-    assert transport.tune(Conn()) == {"large_reads": False, "gathered_writes": False, "zero_copy_frames": False}
+    assert transport.tune(Conn()) == {"large_reads": False, "gathered_writes": False, "zero_copy_frames": False,
+                                      "eager_sends": False}
+
+
+class _Loop:
+    """pika's I/O services, as far as the transport uses them: which fd has a writer."""
+
+    def __init__(self) -> None:
+        self.writers: list = []
+
+    def set_writer(self, fd, callback) -> None:
+        self.writers.append(fd)
+
+
+class _LiveTransport(_Transport):
+    """A plaintext transport in the active state, with pika's own buffering (no writer of its own)."""
+
+    _STATE_ACTIVE = 1
+
+    def __init__(self, sock, chunks=()) -> None:
+        super().__init__(sock, list(chunks))
+        sock.fileno = lambda: 7
+        self._state, self._nbio = self._STATE_ACTIVE, _Loop()
+        self._produce = transport._gathered_producer(self)
+
+    def _buffer_tx_data(self, data) -> None:
+        self._tx_buffers.append(data)
+        self._tx_buffered_byte_count += len(data)
+
+    def _on_socket_writable(self) -> None:
+        self._produce()
+
+
+def _publish(impl, body: bytes) -> None:
+    method = spec.Basic.Publish(exchange="cf.run", routing_key="cf.run.L2.0")
+    transport._frame_sender(impl, impl.transport)(1, method, (spec.BasicProperties(delivery_mode=1), body))
+
+
+def _impl_on(t: _LiveTransport) -> _Impl:
+    impl = _Impl(131064)
+    impl.transport = t
+    return impl
+
+
+def test_a_message_with_nothing_before_it_is_sent_at_once_without_a_writer():
+    t = _LiveTransport(_Socket())
+    impl = _impl_on(t)
+    _publish(impl, b"x" * 200_000)
+    assert t._sock.calls == 1 and len(t._sock.data) == impl.bytes_sent
+    assert not t._tx_buffers and t._tx_buffered_byte_count == 0
+    assert t._nbio.writers == [] and impl.emitted == []  # pika's write, and its writer, never came into it
+
+
+def test_what_the_socket_does_not_take_at_once_is_left_to_pikas_writer_in_order():
+    for script in ((1000, "block"), ("block",)):  # part taken, then full; full at once
+        t = _LiveTransport(_Socket(*script))
+        impl = _impl_on(t)
+        _publish(impl, b"y" * 200_000)
+        assert t._nbio.writers == [7]  # one writer, for the rest
+        t._on_socket_writable()
+        assert not t._tx_buffers and bytes(t._sock.data) == _stock_frames(
+            1, spec.Basic.Publish(exchange="cf.run", routing_key="cf.run.L2.0"), spec.BasicProperties(delivery_mode=1),
+            b"y" * 200_000, 131064)
+
+
+def test_a_message_queued_behind_others_goes_through_pikas_own_write():
+    t = _LiveTransport(_Socket(), [b"waiting"])  # pika's writer is registered for these bytes
+    impl = _impl_on(t)
+    _publish(impl, b"z" * 10)
+    assert t._sock.calls == 0 and impl.emitted  # not overtaking what waits, not sent twice
