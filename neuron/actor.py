@@ -31,6 +31,7 @@ class Actor(ABC):
     def __init__(self, topo: Topology, layer: int, index: int, broker: Broker) -> None:
         self.topo = topo
         self.role = Role(layer, index)
+        self._name = self.role.name  # asked for on every step (checks, reports): spelled once
         self.layer = layer
         self.index = index
         self.broker = broker
@@ -49,7 +50,7 @@ class Actor(ABC):
     @property
     def name(self) -> str:
         """Human name of this actor, e.g. L2.1 or head."""
-        return self.role.name
+        return self._name
 
     def run(self, stop: threading.Event | None = None, poll: float = 0.2) -> None:
         """Handle messages until told to stop (a `stop` control message or the `stop` event)."""
@@ -98,7 +99,7 @@ class Actor(ABC):
         if msg.generation < self.generation:
             self.stats["stale"] += 1
             return
-        key = (msg.kind, msg.flags & EVAL, msg.step, msg.micro, msg.source)
+        key = (msg.kind, msg.flags & EVAL, msg.step, msg.micro, msg.src_layer, msg.src_index)
         if key in self._seen or msg.step < self.step:
             self.stats["duplicate"] += 1
             return

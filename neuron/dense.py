@@ -94,11 +94,13 @@ class DenseNeuron(Actor):
         """Run every forward, backward and update whose inputs are complete, in a fixed order."""
         n_prev, n_next = len(self.prev_splits), len(self.next_queues)
         while True:
-            ready_fwd = sorted(k for k, p in self._fwd.items() if k[1] == self.step and len(p) == n_prev)
+            step = self.step  # only an update, after these, moves it
+            ready_fwd = sorted(k for k, p in self._fwd.items()
+                               if k[1] == step and len(p) == n_prev) if self._fwd else ()
             for key in ready_fwd:
                 self._forward(key, self._fwd.pop(key))
             ready_bwd = sorted(k for k, p in self._bwd.items()
-                               if k[0] == self.step and len(p) == n_next and k[1] in self._saved)
+                               if k[0] == step and len(p) == n_next and k[1] in self._saved) if self._bwd else ()
             for step_micro in ready_bwd:
                 self._backward(step_micro[1], self._bwd.pop(step_micro))
             nmicro = self._meta.get(self.step, (0, 0))[0]
@@ -147,8 +149,10 @@ class DenseNeuron(Actor):
         self._saved.clear()
         self._grads.clear()
         self.forget_before(self.step)
-        self._fwd = {k: v for k, v in self._fwd.items() if k[1] >= self.step}
-        self._bwd = {k: v for k, v in self._bwd.items() if k[0] >= self.step}
+        if self._fwd:
+            self._fwd = {k: v for k, v in self._fwd.items() if k[1] >= self.step}
+        if self._bwd:
+            self._bwd = {k: v for k, v in self._bwd.items() if k[0] >= self.step}
         self.stats["steps"] += 1
         if flags & protocol.CHECKPOINT:
             self.write_checkpoint()

@@ -1,6 +1,9 @@
 """The loss head: gathers the logits, computes softmax cross-entropy, returns each output neuron its gradient."""
 from __future__ import annotations
 
+import itertools
+import math
+
 import numpy as np
 
 from broker.base import Broker
@@ -42,8 +45,8 @@ class LossHead(Actor):
                 raise ProtocolError(f"{labels.shape[0]} labels cannot make {msg.nmicro} micro-batches")
             if labels.min() < 0 or labels.max() >= self.topo.sizes[-1]:
                 raise ProtocolError(f"labels outside 0..{self.topo.sizes[-1] - 1}")
-            offsets = np.cumsum(np.array((0, *micro_sizes(labels.shape[0], msg.nmicro))))
-            self._labels[msg.step] = (labels.astype(np.int64), tuple(int(o) for o in offsets))
+            offsets = tuple(itertools.accumulate(micro_sizes(labels.shape[0], msg.nmicro), initial=0))
+            self._labels[msg.step] = (labels.astype(np.int64), offsets)
             return
         if msg.kind != protocol.ACT:
             raise ProtocolError(f"the loss head takes no {protocol.KINDS[msg.kind]} messages")
@@ -74,7 +77,7 @@ class LossHead(Actor):
             raise ProtocolError(f"logits of step {step} micro {micro} do not match its labels")
         y = labels[offsets[micro]:offsets[micro + 1]]  # (m,)
         loss_sum, grad, pred = softmax_cross_entropy(logits, y, labels.shape[0])  # (), (m, c), (m,)
-        if not np.isfinite(loss_sum):
+        if not math.isfinite(loss_sum):
             raise TrainingDiverged(f"training diverged: the loss of step {step} is not finite")
         for s, (a, b) in enumerate(self.out_splits):
             self.send([self.out_queues[s]], protocol.GRAD, step, micro=micro, array=grad[:, a:b],
