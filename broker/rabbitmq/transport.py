@@ -11,11 +11,14 @@ otherwise that connection keeps pika's behaviour.
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 import struct
 from typing import Any
 
 from pika import frame, spec
+
+log = logging.getLogger(__name__)
 
 # pika reads its socket 4 KiB per recv(); a 128 KB body then took ~3x as long to arrive (bench/pingpong.py)
 READ_BYTES = 1 << 20
@@ -74,19 +77,29 @@ def _gathered_producer(transport: Any):
 def _can_send_eagerly(transport: Any) -> bool:
     # pika's invariant this relies on: a writer is registered exactly while _tx_buffers holds data
     return all(hasattr(transport, name) for name in ("_state", "_STATE_ACTIVE", "_buffer_tx_data", "_nbio",
-                                                     "_on_socket_writable"))
+                                                     "_on_socket_writable", "_initiate_abort"))
 
 
 def _send_now(transport: Any, pieces: list) -> None:
-    """Buffer `pieces` and write them at once; what the socket does not take now is left to pika's writer."""
+    """Buffer `pieces` and write them at once; what the socket does not take now is left to pika's writer.
+
+    A failed write aborts the transport as pika's writer would (the connection is lost, and reconnected by
+    its I/O thread). Unlike pika's path, a publish no longer runs the I/O loop: what the broker sends back
+    (a channel's closing, a block) is read when the connection is next serviced, not during the publish.
+    """
     for piece in pieces:
         transport._buffer_tx_data(piece)
     try:
         transport._produce()
-    except OSError:
-        pass  # would block, or failed: pika's writer sends the rest, or meets the error and aborts its way
-    if transport._tx_buffers:
-        transport._nbio.set_writer(transport._sock.fileno(), transport._on_socket_writable)
+    except BlockingIOError:
+        pass  # the socket is full: pika's writer sends the rest once it is writable
+    except OSError as exc:
+        log.warning("writing to the broker failed (%s: %s); the connection is aborted", type(exc).__name__, exc)
+        transport._initiate_abort(exc)
+    finally:
+        # whatever happened (an interrupt too), bytes left buffered have pika's writer: none is left stuck
+        if transport._tx_buffers and transport._state == transport._STATE_ACTIVE:
+            transport._nbio.set_writer(transport._sock.fileno(), transport._on_socket_writable)
 
 
 def _frame_sender(impl: Any, transport: Any = None):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import collections
 import math
+import socket
 
 import pytest
 
@@ -105,69 +106,136 @@ def test_an_unknown_transport_is_left_as_pika_made_it():
                                       "eager_sends": False}
 
 
+
 class _Loop:
-    """pika's I/O services, as far as the transport uses them: which fd has a writer."""
+    """pika's I/O services as its transport uses them: which fds have a writer, and the callbacks scheduled."""
 
     def __init__(self) -> None:
-        self.writers: list = []
+        self.writers: set = set()
+        self.callbacks: list = []
+
+    def set_reader(self, fd, callback) -> None:
+        pass
+
+    def remove_reader(self, fd) -> None:
+        pass
 
     def set_writer(self, fd, callback) -> None:
-        self.writers.append(fd)
+        self.writers.add(fd)
+
+    def remove_writer(self, fd) -> None:
+        self.writers.discard(fd)
+
+    def add_callback_threadsafe(self, callback) -> None:
+        self.callbacks.append(callback)
 
 
-class _LiveTransport(_Transport):
-    """A plaintext transport in the active state, with pika's own buffering (no writer of its own)."""
+class _WiredImpl(_Impl):
+    """The connection's side: pika's own write path goes to the real transport."""
 
-    _STATE_ACTIVE = 1
+    def __init__(self, t) -> None:
+        super().__init__(131064)
+        self.transport = t
 
-    def __init__(self, sock, chunks=()) -> None:
-        super().__init__(sock, list(chunks))
-        sock.fileno = lambda: 7
-        self._state, self._nbio = self._STATE_ACTIVE, _Loop()
-        self._produce = transport._gathered_producer(self)
+    def _adapter_emit_data(self, data) -> None:
+        super()._adapter_emit_data(data)
+        self.transport.write(data)
 
-    def _buffer_tx_data(self, data) -> None:
-        self._tx_buffers.append(data)
-        self._tx_buffered_byte_count += len(data)
 
-    def _on_socket_writable(self) -> None:
-        self._produce()
+PUBLISH = spec.Basic.Publish(exchange="cf.run", routing_key="cf.run.L2.0")
+TRANSIENT = spec.BasicProperties(delivery_mode=1)
+
+
+def _wired(sock=None, sndbuf: int | None = None):
+    """pika's real plaintext transport over one end of a socket pair, with the tweaks; and the other end."""
+    from pika.adapters.utils.io_services_utils import _AsyncPlaintextTransport
+
+    if sock is None:
+        sock, peer = socket.socketpair()
+        if sndbuf:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+        sock.setblocking(False)
+        peer.settimeout(5)
+    else:
+        peer = None
+    loop = _Loop()
+    t = _AsyncPlaintextTransport(sock, None, loop)
+    assert transport._can_gather(t) and transport._can_send_eagerly(t)  # the pika in use has what they need
+    t._produce = transport._gathered_producer(t)
+    return t, _WiredImpl(t), loop, peer
 
 
 def _publish(impl, body: bytes) -> None:
-    method = spec.Basic.Publish(exchange="cf.run", routing_key="cf.run.L2.0")
-    transport._frame_sender(impl, impl.transport)(1, method, (spec.BasicProperties(delivery_mode=1), body))
+    transport._frame_sender(impl, impl.transport)(1, PUBLISH, (TRANSIENT, body))
 
 
-def _impl_on(t: _LiveTransport) -> _Impl:
-    impl = _Impl(131064)
-    impl.transport = t
-    return impl
+def _read(peer, size: int) -> bytes:
+    got = bytearray()
+    while len(got) < size:
+        got += peer.recv(1 << 20)
+    return bytes(got)
 
 
 def test_a_message_with_nothing_before_it_is_sent_at_once_without_a_writer():
-    t = _LiveTransport(_Socket())
-    impl = _impl_on(t)
-    _publish(impl, b"x" * 200_000)
-    assert t._sock.calls == 1 and len(t._sock.data) == impl.bytes_sent
-    assert not t._tx_buffers and t._tx_buffered_byte_count == 0
-    assert t._nbio.writers == [] and impl.emitted == []  # pika's write, and its writer, never came into it
+    t, impl, loop, peer = _wired()
+    _publish(impl, b"x" * 50_000)
+    assert not loop.writers and impl.emitted == []  # neither pika's write nor its writer came into it
+    assert t.get_write_buffer_size() == 0 and not t._tx_buffers
+    assert _read(peer, impl.bytes_sent) == _stock_frames(1, PUBLISH, TRANSIENT, b"x" * 50_000, 131064)
 
 
 def test_what_the_socket_does_not_take_at_once_is_left_to_pikas_writer_in_order():
-    for script in ((1000, "block"), ("block",)):  # part taken, then full; full at once
-        t = _LiveTransport(_Socket(*script))
-        impl = _impl_on(t)
-        _publish(impl, b"y" * 200_000)
-        assert t._nbio.writers == [7]  # one writer, for the rest
-        t._on_socket_writable()
-        assert not t._tx_buffers and bytes(t._sock.data) == _stock_frames(
-            1, spec.Basic.Publish(exchange="cf.run", routing_key="cf.run.L2.0"), spec.BasicProperties(delivery_mode=1),
-            b"y" * 200_000, 131064)
+    t, impl, loop, peer = _wired(sndbuf=4096)
+    body = bytes(range(256)) * 1000
+    _publish(impl, body)
+    assert loop.writers == {t._sock.fileno()}  # one writer, for the rest
+    assert 0 < t.get_write_buffer_size() == sum(len(b) for b in t._tx_buffers) < impl.bytes_sent
+    got = bytearray()
+    while t._tx_buffers:  # the I/O loop's turns: the socket is writable once the peer has read
+        got += peer.recv(1 << 20)
+        t._on_socket_writable()  # pika's own handler; it removes the writer when nothing is left
+    got += _read(peer, impl.bytes_sent - len(got))
+    assert bytes(got) == _stock_frames(1, PUBLISH, TRANSIENT, body, 131064)
+    assert not loop.writers and t.get_write_buffer_size() == 0
 
 
-def test_a_message_queued_behind_others_goes_through_pikas_own_write():
-    t = _LiveTransport(_Socket(), [b"waiting"])  # pika's writer is registered for these bytes
-    impl = _impl_on(t)
+def test_a_message_queued_behind_others_goes_through_pikas_own_write_after_them():
+    t, impl, loop, peer = _wired()
+    t.write(b"waiting")  # pika buffered these and registered its writer
     _publish(impl, b"z" * 10)
-    assert t._sock.calls == 0 and impl.emitted  # not overtaking what waits, not sent twice
+    assert b"".join(bytes(e) for e in impl.emitted) == _stock_frames(1, PUBLISH, TRANSIENT, b"z" * 10, 131064)
+    peer.settimeout(0.05)
+    with pytest.raises(TimeoutError):
+        peer.recv(100)  # nothing overtook what waits
+    t._on_socket_writable()
+    peer.settimeout(5)
+    assert _read(peer, 7 + impl.bytes_sent) == b"waiting" + _stock_frames(1, PUBLISH, TRANSIENT, b"z" * 10, 131064)
+
+
+def test_a_broken_socket_aborts_the_transport_as_pikas_writer_would():
+    t, impl, loop, peer = _wired()
+    peer.close()
+    _publish(impl, b"w" * 1000)
+    assert t._state == t._STATE_FAILED and not loop.writers and not t._tx_buffers
+    assert len(loop.callbacks) == 1  # the connection learns it is lost from pika's own notice
+
+
+def test_an_interrupted_send_leaves_its_bytes_with_pikas_writer():
+    class Interrupted:
+        def fileno(self) -> int:
+            return 99
+
+        def sendmsg(self, buffers):
+            raise KeyboardInterrupt
+
+    t, impl, loop, _ = _wired(Interrupted())
+    with pytest.raises(KeyboardInterrupt):
+        _publish(impl, b"v" * 1000)
+    assert loop.writers == {99} and t.get_write_buffer_size() == impl.bytes_sent  # not stuck, not lost
+
+
+def test_an_inactive_transport_takes_pikas_path_and_sends_nothing():
+    t, impl, loop, peer = _wired()
+    t._state = t._STATE_FAILED
+    _publish(impl, b"u" * 1000)
+    assert impl.emitted and not t._tx_buffers and not loop.writers  # pika's write ignores it, as stock pika does
