@@ -24,7 +24,7 @@ _CLK = os.sysconf("SC_CLK_TCK")
 MAIN_RULES = [
     ("kernels", r"\((kernels|optim)\.py"),
     ("HMAC", r"\(hmac\.py"),
-    ("encode", r"(^|;)(encode|outgoing) \(codec\.py"),
+    ("encode", r"(^|;)(encode|_encode|outgoing[^;]*) \(codec\.py"),
     ("decode", r"(^|;)decode \(codec\.py"),
     ("checkpoint/store", r"\((checkpoint|redis|store|lease|run)\.py"),
     ("waiting for a message", r"(poll \(select_connection\.py|wait \(threading\.py|get \(queue\.py|get \(memory\.py)[^;]*$"),
@@ -33,7 +33,10 @@ MAIN_RULES = [
     ("publish and ack (pika framing, socket writes)",
      r"(basic_publish|basic_ack|basic_reject|(produce|send_message) \(transport\.py)"),
     ("driver: batch preparation", r"(^|;)(pixels|indices|order) \((mnist|schedule)\.py"),
-    ("actor and driver bookkeeping", r"\((actor|dense|head|driver|host|broker|connection|acks)\.py"),
+    # the connection's own loop when it is not waiting: its lock and inboxes, pika's event dispatch and timers
+    ("servicing the connection (pika's loop, not waiting)",
+     r"\((connection|blocking_connection|select_connection|selector_ioloop_adapter|io_services_utils)\.py"),
+    ("actor and driver bookkeeping", r"\((actor|dense|head|driver|host|broker|acks)\.py"),
 ]
 IO_RULES = [
     ("io: waiting", r"(poll \(select_connection\.py|wait \(threading\.py)[^;]*$"),
