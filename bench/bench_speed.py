@@ -273,8 +273,9 @@ def service_urls(stack: contextlib.ExitStack, amqp: str | None, redis_url: str |
 def main(argv=None) -> int:
     """Run the selected sections against one RabbitMQ and one Redis; write JSON and Markdown."""
     p = argparse.ArgumentParser()
-    p.add_argument("--sections", nargs="+", default=["pingpong", "mac", "rates", "profile"])
-    p.add_argument("--nets", nargs="+", default=list(NETS))
+    sections = ["pingpong", "mac", "rates", "profile"]
+    p.add_argument("--sections", nargs="+", default=sections, choices=sections)
+    p.add_argument("--nets", nargs="+", default=list(NETS), choices=list(NETS))
     p.add_argument("--amqp", default=os.environ.get("CUTTLEFISH_TEST_AMQP_URL"))
     p.add_argument("--redis", default=os.environ.get("CUTTLEFISH_TEST_REDIS_URL"))
     p.add_argument("--no-services", action="store_true", help="single process and embedded only")
@@ -282,6 +283,8 @@ def main(argv=None) -> int:
     p.add_argument("--data", default=os.environ.get("CUTTLEFISH_DATA", str(ROOT.parent / "shared/datasets/mnist")))
     p.add_argument("--out", default=str(ROOT / "bench/results/speed.json"))
     args = p.parse_args(argv)
+    if args.repeat < 1:
+        p.error("--repeat must be at least 1")
     train = load_mnist("train", args.data)
     out = {"benchmark": "steady-state speed: single process, embedded, process per neuron over RabbitMQ + Redis",
            "measure": "samples/s from the loss of the warm-up step to the last step's; each ratio against the "

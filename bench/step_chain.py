@@ -111,6 +111,8 @@ def main(argv=None) -> int:
     p.add_argument("--data", default=os.environ.get("CUTTLEFISH_DATA", str(ROOT.parent / "shared/datasets/mnist")))
     p.add_argument("--out", default=str(ROOT / "bench/results/step_chain.json"))
     args = p.parse_args(argv)
+    if args.steps < 40:  # the first quarter is warm-up and the last five steps are cut off
+        p.error("--steps must be at least 40 to leave steady-state steps to time")
     train = load_mnist("train", args.data)
     with contextlib.ExitStack() as stack:
         amqp, redis_url, _ = service_urls(stack, args.amqp, args.redis)
