@@ -5,7 +5,7 @@ import queue as _queue
 import threading
 import time
 
-from broker.base import Broker, Delivery, HandedDelivery, dead_letter_body
+from broker.base import Broker, Delivery, HandedDelivery, dead_letter_body, first_waiting
 from broker.errors import BrokerClosed, QueueNotDeclared
 
 # a dead-letter queue nobody reads must not grow without bound: past this the oldest letters go
@@ -60,10 +60,10 @@ class MemoryBroker(Broker):
     def get(self, queue: str, timeout: float | None = None) -> Delivery | None:
         """Take the next message of `queue`, waiting up to `timeout` seconds."""
         q = self._queue(queue)
-        if timeout == 0 and q.empty():  # a look, the embedded driver's most frequent call: no exception raised
-            return None
+        if timeout == 0:
+            return first_waiting((q,))
         try:
-            return q.get(timeout=timeout) if timeout != 0 else q.get_nowait()
+            return q.get(timeout=timeout)
         except _queue.Empty:
             return None
 
@@ -71,13 +71,7 @@ class MemoryBroker(Broker):
         """Take the next message of any of `queues` (the first non-empty in their order)."""
         found = [self._queue(name) for name in queues]
         if timeout == 0:  # a look, not a wait: no doorbell needed
-            for q in found:
-                if not q.empty():
-                    try:
-                        return q.get_nowait()
-                    except _queue.Empty:
-                        pass
-            return None
+            return first_waiting(found)
         deadline = None if timeout is None else time.monotonic() + timeout
         bell: _queue.SimpleQueue[None] = _queue.SimpleQueue()
         with self._lock:
@@ -85,11 +79,9 @@ class MemoryBroker(Broker):
                 self._bells.setdefault(name, []).append(bell)
         try:
             while True:
-                for q in found:  # after the bell is up: a later put rings it
-                    try:
-                        return q.get_nowait()
-                    except _queue.Empty:
-                        pass
+                item = first_waiting(found)  # after the bell is up: a later put rings it
+                if item is not None:
+                    return item
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     return None

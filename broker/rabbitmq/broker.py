@@ -15,10 +15,10 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import pika
 import pika.exceptions as pex
 
-from broker.base import Broker, Delivery, dead_letter_body
+from broker.base import Broker, Delivery, dead_letter_body, first_waiting
 from broker.errors import BrokerClosed, BrokerError, QueueNotDeclared
 from broker.rabbitmq.acks import AckBatch
-from broker.rabbitmq.connection import IO_TICK, STOP, ServicedConnection, first_waiting
+from broker.rabbitmq.connection import IO_TICK, STOP, ServicedConnection
 from broker.rabbitmq.transport import READ_BYTES
 from broker.schemes import redact_url
 

@@ -22,6 +22,7 @@ from typing import Any
 import pika
 import pika.exceptions as pex
 
+from broker.base import first_waiting
 from broker.errors import BrokerClosed, BrokerError, BrokerUnavailable, QueueNotDeclared
 from broker.rabbitmq import transport
 from broker.schemes import redact_url
@@ -302,12 +303,3 @@ def translate(exc: pex.ChannelClosedByBroker) -> BrokerError:
         return QueueNotDeclared(exc.reply_text)
     return BrokerError(f"the broker refused the operation: {exc.reply_code} {exc.reply_text}")
 
-
-def first_waiting(inboxes: list):
-    """The first item waiting in any of `inboxes`, or None."""
-    for inbox in inboxes:
-        try:
-            return inbox.get_nowait()
-        except _queue.Empty:
-            pass
-    return None
