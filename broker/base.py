@@ -5,12 +5,13 @@ import queue as _queue
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterable, TypeVar
 
 # a rejected body larger than this is dead-lettered as its first DEAD_LETTER_HEAD bytes only
 DEAD_LETTER_BODY_BYTES = 64 * 1024
 DEAD_LETTER_HEAD = 1024
 TRUNCATED_HEADER = "x-cuttlefish-truncated"  # the original length of a body dead-lettered cut
+_T = TypeVar("_T")
 
 
 def dead_letter_body(body: bytes) -> tuple[bytes, dict]:
@@ -20,7 +21,7 @@ def dead_letter_body(body: bytes) -> tuple[bytes, dict]:
     return bytes(body[:DEAD_LETTER_HEAD]), {TRUNCATED_HEADER: len(body)}
 
 
-def first_waiting(queues) -> object | None:
+def first_waiting(queues: Iterable[_queue.SimpleQueue[_T]]) -> _T | None:
     """The first item waiting in any of the SimpleQueues `queues`, or None; a look, never a wait."""
     for q in queues:
         if q.empty():  # cheaper than a get_nowait() that raises, on the embedded driver's every look
